@@ -1,0 +1,20 @@
+"""napari-spatial-nmf: principal spatial patterns of gene expression over anatomical atlases.
+
+The import is light: ``tl``, ``io`` and ``core`` never import napari or Qt, so the
+same analysis runs in scripts and on servers without a display.
+
+>>> import napari_spatial_nmf as nsn
+>>> adata = nsn.io.read_cells("cells.h5ad")          # doctest: +SKIP
+>>> nsn.tl.nmf(adata, n_components=8, random_state=0)  # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("napari-spatial-nmf")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+from . import core, io, tl  # noqa: E402  (light modules, no napari)
+
+__all__ = ["__version__", "core", "io", "tl"]

@@ -1,0 +1,37 @@
+"""Progress records yielded by the core's generator functions."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a long computation.
+
+    Attributes
+    ----------
+    step : int
+        Steps done so far (1-based once the first step has finished).
+    total : int
+        Steps planned; a computation may stop earlier when it converges.
+    message : str
+        Short human-readable status, e.g. ``"iteration 12, rel. error 0.3121"``.
+    """
+
+    step: int
+    total: int
+    message: str = ""
+
+
+def drain(gen: Generator[Progress, None, T]) -> T:
+    """Run a core generator to the end and return its result (the blocking twin)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,68 @@
+"""Input checks shared by the core. Every message says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def as_float_matrix(X, *, name: str = "X", allow_missing: bool = False) -> np.ndarray:
+    """Return ``X`` as a dense C-contiguous float32/float64 matrix after checking it.
+
+    Parameters
+    ----------
+    X : array-like or scipy.sparse matrix, shape (n_obs, n_vars)
+    name : str
+        Name used in error messages.
+    allow_missing : bool
+        If True, NaN (missing values) pass; otherwise they raise.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is not 2-D, is empty, holds infinities, negative values, or (unless
+        ``allow_missing``) NaN.
+    """
+    if sp.issparse(X):
+        X = X.toarray()
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must be numeric; got dtype {X.dtype}.")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (observations x genes) matrix; got shape {X.shape}.")
+    if X.size == 0:
+        raise ValueError(f"{name} is empty (shape {X.shape}); check the mask and the gene selection.")
+    n_nan = int(np.isnan(X).sum())
+    if n_nan and not allow_missing:
+        cols = np.flatnonzero(np.isnan(X).any(axis=0))
+        raise ValueError(
+            f"{name} has {n_nan} missing values (NaN) in {cols.size} gene(s). NMF needs complete "
+            "data: impute them first (napari_spatial_nmf.tl.impute_knn, the osNMF k-NN scheme) "
+            "or pass missing='zero' to count them as no expression."
+        )
+    if np.isinf(X).any():
+        raise ValueError(f"{name} holds {int(np.isinf(X).sum())} infinite values; remove or clip them.")
+    with np.errstate(invalid="ignore"):
+        n_neg = int((X < 0).sum())
+    if n_neg:
+        raise ValueError(
+            f"{name} has {n_neg} negative values (min {np.nanmin(X):g}). NMF needs non-negative data. "
+            "If they are a missing-value code (Allen grids use -1), read the data with the package's "
+            "readers, which turn the code into NaN, or pass it as missing_value."
+        )
+    return np.ascontiguousarray(X)
+
+
+def check_n_components(n_components, n_obs: int, n_vars: int) -> int:
+    """Check that 1 <= K <= min(n_obs, n_vars)."""
+    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
+        raise TypeError(f"n_components must be an integer; got {n_components!r}.")
+    k_max = min(n_obs, n_vars)
+    if not 1 <= n_components <= k_max:
+        raise ValueError(
+            f"n_components={n_components} is out of range: it must be between 1 and "
+            f"min(n_obs, n_genes) = min({n_obs}, {n_vars}) = {k_max}."
+        )
+    return int(n_components)
