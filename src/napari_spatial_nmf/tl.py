@@ -24,6 +24,7 @@ import pandas as pd
 
 from .core import grid as _grid
 from .core._progress import Progress, drain
+from .core._validation import as_float_matrix, check_n_components
 from .core.impute import impute_knn as _impute_knn
 from .core.nmf import iter_fit_nmf
 from .core.ontology import Ontology
@@ -54,6 +55,25 @@ def pattern_names(key: str, k: int) -> list[str]:
     return [f"PP{i + 1}" for i in range(k)]
 
 
+def check_nmf_input(adata: ad.AnnData, n_components: int, *, layer: str | None = None,
+                    missing: str = "raise") -> np.ndarray:
+    """Check the input of :func:`nmf` and return the matrix it will factorize.
+
+    Raises
+    ------
+    ValueError, TypeError, KeyError
+        As :func:`nmf`; cheap, so a GUI can call it before starting a worker.
+    """
+    if missing not in MISSING_MODES:
+        raise ValueError(f"missing must be one of {MISSING_MODES}; got {missing!r}.")
+    X = _matrix(adata, layer)
+    if missing == "zero":
+        X = np.nan_to_num(X, nan=0.0)
+    X = as_float_matrix(X)
+    check_n_components(n_components, *X.shape)
+    return X
+
+
 def iter_nmf(
     adata: ad.AnnData,
     n_components: int,
@@ -72,11 +92,7 @@ def iter_nmf(
     Returns (as the generator's value) the AnnData holding the results: ``adata`` itself,
     or a copy when ``copy=True``.
     """
-    if missing not in MISSING_MODES:
-        raise ValueError(f"missing must be one of {MISSING_MODES}; got {missing!r}.")
-    X = _matrix(adata, layer)
-    if missing == "zero":
-        X = np.nan_to_num(X, nan=0.0)
+    X = check_nmf_input(adata, n_components, layer=layer, missing=missing)
     gen = iter_fit_nmf(X, n_components, init=init, max_iter=max_iter, tol=tol,
                        random_state=random_state)
     params = {"n_components": int(n_components), "layer": layer, "missing": missing, "init": init,

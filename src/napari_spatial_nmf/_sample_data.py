@@ -1,0 +1,22 @@
+"""npe2 sample-data contributions (File > Open Sample > napari-spatial-nmf)."""
+
+from __future__ import annotations
+
+from . import datasets
+from ._layers import atlas_layer, cells_layer, stack_layer
+
+
+def allen_sample():
+    """Allen CCFv3 annotation (200 µm) + Pdyn and Nrp1 expression energy."""
+    stack, atlas = datasets.allen_200um()
+    return [atlas_layer(atlas, name="CCFv3 annotation"), stack_layer(stack, name="Allen ISH energy")]
+
+
+def bdgp_sample():
+    """BDGP Drosophila embryo ISH images (1,640 images, 16 x 32)."""
+    return [stack_layer(datasets.bdgp(), name="BDGP images")]
+
+
+def osmfish_sample():
+    """osmFISH somatosensory cortex cells, coloured by expert region."""
+    return [cells_layer(datasets.osmfish(), name="osmFISH cells", color_by="region")]

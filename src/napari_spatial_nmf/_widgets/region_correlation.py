@@ -1,0 +1,201 @@
+"""Region correlation dock: which atlas structures does a pattern or gene match?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, SpinBox
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.regions import region_correlation
+from ._runner import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+COLUMNS = [("rank", "rank"), ("acronym", "acronym"), ("name", "name"), ("depth", "level"),
+           ("r", "Pearson r"), ("n_voxels", "voxels")]
+HIGHLIGHT_KEY = "napari_spatial_nmf_highlight"
+
+
+class RegionCorrelationWidget(QWidget):
+    """Rank atlas structures by their Pearson correlation with a pattern or gene volume.
+
+    Each structure is the union of itself and its descendants in the ontology, restricted
+    to the brain (annotation > 0); missing voxels (NaN, or the layer's
+    ``metadata["missing_value"]``) are excluded. Selecting a row highlights the structure
+    in a separate Labels layer over the atlas and moves the view to it; the table exports
+    to CSV. The source and atlas layers are never modified.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.result: pd.DataFrame | None = None
+        self._atlas = None
+        self.source = ComboBox(label="pattern / gene", choices=self._image_choices)
+        self.plane = ComboBox(label="gene (stack)", choices=self._plane_choices)
+        self.atlas = ComboBox(label="atlas", choices=self._atlas_choices)
+        self.min_voxels = SpinBox(label="min voxels", min=1, max=10_000_000, value=50)
+        self.form = Container(widgets=[self.source, self.plane, self.atlas, self.min_voxels])
+        self.source.changed.connect(lambda _: self.plane.reset_choices())
+        self.runner = JobRunner("Correlate")
+        self.runner.cancel_button.hide()
+        self.runner.progress.hide()
+        self.runner.run_button.clicked.connect(self.run)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels([c[1] for c in COLUMNS])
+        self.table.setSortingEnabled(True)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.itemSelectionChanged.connect(self._on_select)
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        self.summary = QLabel("")
+        row = QHBoxLayout()
+        row.addWidget(self.summary)
+        row.addStretch()
+        row.addWidget(self.export_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.runner)
+        layout.addWidget(self.table)
+        layout.addLayout(row)
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            ev.connect(lambda _e: self.form.reset_choices())
+
+    # ---------------------------------------------------------------- choices
+    def _image_choices(self, _w=None):
+        from napari.layers import Image
+
+        return [(lyr.name, lyr) for lyr in self.viewer.layers if isinstance(lyr, Image)]
+
+    def _atlas_choices(self, _w=None):
+        from napari.layers import Labels
+
+        return [(lyr.name, lyr) for lyr in self.viewer.layers
+                if isinstance(lyr, Labels) and lyr.metadata.get("ontology") is not None]
+
+    def _plane_choices(self, _w=None):
+        layer = self.source.value if hasattr(self, "source") else None
+        genes = layer.metadata.get("genes") if layer is not None else None
+        if layer is None or genes is None or len(genes) != layer.data.shape[0]:
+            return [("(whole layer)", None)]
+        return [(str(g), i) for i, g in enumerate(genes)]
+
+    # ---------------------------------------------------------------- compute
+    def _volume(self):
+        layer = self.source.value
+        if layer is None:
+            raise ValueError("Choose a pattern or gene image layer.")
+        data = np.asarray(layer.data, dtype=np.float32)
+        name = layer.name
+        if self.plane.value is not None:
+            data = data[self.plane.value]
+            name = f"{layer.name} [{layer.metadata['genes'][self.plane.value]}]"
+        return data, name, layer.metadata.get("missing_value")
+
+    def run(self) -> None:
+        """Compute the table (fast: per-label sums, no volume per structure)."""
+        try:
+            atlas = self.atlas.value
+            if atlas is None:
+                raise ValueError("Choose an atlas Labels layer with an ontology (e.g. the Allen sample).")
+            vol, name, missing = self._volume()
+            annotation = np.asarray(atlas.data)
+            if vol.shape != annotation.shape:
+                raise ValueError(f"The volume has shape {vol.shape} but the atlas has shape "
+                                 f"{annotation.shape}: choose a volume on the atlas grid.")
+            df = region_correlation(vol, annotation, atlas.metadata["ontology"], names=[name],
+                                    missing_value=missing, min_voxels=int(self.min_voxels.value))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.runner.fail(exc)
+            return
+        self._atlas = atlas
+        self.result = df
+        self._fill(df)
+        best = df.iloc[0]
+        self.runner.status.setText(f"{name}: best {best['acronym']} ({best['name']}), r = {best['r']:.3f}")
+        self.summary.setText(f"{len(df)} structures with ≥ {int(self.min_voxels.value)} voxels")
+        self.export_button.setEnabled(True)
+
+    def _fill(self, df: pd.DataFrame) -> None:
+        self.table.setSortingEnabled(False)
+        self.table.clearContents()
+        self.table.setRowCount(len(df))
+        for i, rec in enumerate(df.itertuples(index=False)):
+            for j, (col, _) in enumerate(COLUMNS):
+                value = getattr(rec, col)
+                item = QTableWidgetItem()
+                if isinstance(value, str):
+                    item.setData(Qt.ItemDataRole.DisplayRole, value)
+                else:
+                    item.setData(Qt.ItemDataRole.DisplayRole, round(float(value), 4) if col == "r" else int(value))
+                item.setData(Qt.ItemDataRole.UserRole, int(rec.id))
+                self.table.setItem(i, j, item)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # rank 1 (best r) on top
+        self.table.resizeColumnsToContents()
+
+    # ---------------------------------------------------------------- selection
+    def select_structure(self, structure_id: int) -> None:
+        """Highlight a structure (and its descendants) over the atlas and centre the view on it."""
+        atlas = self._atlas
+        if atlas is None:
+            return
+        onto = atlas.metadata["ontology"]
+        mask = np.isin(np.asarray(atlas.data), onto.descendants(structure_id))
+        acronym = onto[structure_id]["acronym"]
+        layer = next((lyr for lyr in self.viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY)), None)
+        data = mask.astype(np.uint8)
+        if layer is None:
+            self.viewer.add_labels(data, name=f"highlight: {acronym}", scale=atlas.scale,
+                                   translate=atlas.translate, opacity=0.8,
+                                   metadata={HIGHLIGHT_KEY: True, "structure_id": int(structure_id)})
+        else:
+            layer.data = data
+            layer.name = f"highlight: {acronym}"
+            layer.metadata["structure_id"] = int(structure_id)
+        if mask.any():
+            centre = np.argwhere(mask).mean(axis=0)
+            world = np.asarray(atlas.translate) + centre * np.asarray(atlas.scale)
+            offset = self.viewer.dims.ndim - world.size  # layer axes are the viewer's last ones
+            for axis in self.viewer.dims.not_displayed:
+                if axis >= offset:
+                    self.viewer.dims.set_point(axis, world[axis - offset])
+
+    def _on_select(self) -> None:
+        items = self.table.selectedItems()
+        if items:
+            self.select_structure(int(items[0].data(Qt.ItemDataRole.UserRole)))
+
+    # ---------------------------------------------------------------- export
+    def export_csv(self, path) -> Path:
+        """Write the current table (all columns) to ``path``."""
+        if self.result is None:
+            raise ValueError("Nothing to export yet: run the correlation first.")
+        path = Path(path)
+        self.result.to_csv(path, index=False)
+        return path
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export region correlation", "region_correlation.csv",
+                                              "CSV (*.csv)")
+        if path:
+            self.export_csv(path)

@@ -1,0 +1,50 @@
+"""The compact real samples shipped inside the package (see ``data/README.md``).
+
+No napari here: these return the same objects as :mod:`napari_spatial_nmf.io`.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from . import io
+
+DATA = Path(str(files("napari_spatial_nmf") / "data"))
+
+
+def allen_200um() -> tuple[io.Stack, io.Atlas]:
+    """Allen ISH expression energy of Pdyn and Nrp1 (200 µm grid) with the CCFv3 annotation.
+
+    Returns
+    -------
+    (Stack, Atlas)
+        Stack (2, 67, 41, 58) float32, axes (AP, DV, ML), -1 as NaN; Atlas with the 2017
+        CCF annotation on the same grid and the Allen ontology (1,327 structures).
+    """
+    stack = io.read_allen_energy(DATA / "Pdyn_P56_coronal_71717084_200um.zip")
+    nrp1 = io.read_allen_energy(DATA / "Nrp1_P56_coronal_74272479_200um.zip")
+    stack.data = np.concatenate([stack.data, nrp1.data])
+    stack.genes += nrp1.genes
+    stack.meta["source"] = "napari-spatial-nmf sample: Allen Mouse Brain Atlas, 200 µm energy grids"
+    stack.meta["section_data_set_ids"] = stack.meta["section_data_set_ids"] + nrp1.meta["section_data_set_ids"]
+    atlas = io.read_atlas(DATA / "annotation_200um_ccf2017_ishgrid.nrrd", DATA / "structure_tree_safe_2017.csv.gz")
+    return stack, atlas
+
+
+def bdgp() -> io.Stack:
+    """The staNMF BDGP Drosophila embryo ISH images: (1640, 16, 32) float32, NaN outside the embryo."""
+    with np.load(DATA / "bdgp_wu2016_405px_1640images.npz", allow_pickle=False) as z:
+        table, names = z["table"], [str(n) for n in z["image_names"]]
+    template = pd.read_csv(DATA / "embryoTemplate_16x32.csv", index_col=0).to_numpy()
+    return io.Stack(io.bdgp_stack(table, template, names), names, (1.0, 1.0), axes=("DV", "AP"),
+                    meta={"source": "napari-spatial-nmf sample: BDGP embryos (Wu et al. 2016)", "format": "bdgp"})
+
+
+def osmfish() -> ad.AnnData:
+    """osmFISH somatosensory cortex: 6,471 cells x 33 genes (counts), x/y in µm, region labels."""
+    return io.read_cells(DATA / "osmfish_sscortex_6471cells_33genes.h5ad")
