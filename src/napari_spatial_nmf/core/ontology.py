@@ -192,6 +192,26 @@ class Ontology:
             parent = self.table.at[int(parent), "parent_id"]
         return out
 
+    def rollup(self, annotation: np.ndarray, depth: int) -> np.ndarray:
+        """Relabel an annotation with each label's ancestor at ``depth`` (shallower labels stay).
+
+        Parameters
+        ----------
+        annotation : numpy.ndarray of int
+            Structure ids (0 = outside).
+        depth : int
+            Tree depth to roll up to (root = 0; in the Allen ontology, 4 gives e.g. STR, HPF).
+
+        Returns
+        -------
+        numpy.ndarray, same shape and dtype
+        """
+        labels, inverse = np.unique(annotation, return_inverse=True)
+        mapped = np.array([0 if lab == 0 else next(a for a in self.ancestors(int(lab))
+                                                   if self.table.at[a, "depth"] <= depth)
+                           for lab in labels], dtype=annotation.dtype)
+        return mapped[inverse].reshape(annotation.shape)
+
     def check_labels(self, labels) -> None:
         """Raise ValueError if any non-zero label is not a structure id of this ontology."""
         labels = np.unique(np.asarray(labels))

@@ -1,0 +1,118 @@
+"""The main job, end to end and headless: data in, principal patterns and readouts out.
+
+Used by the command line (``napari-spatial-nmf run`` / ``demo``); every step is a public
+function of :mod:`napari_spatial_nmf.tl`, so scripts can do the same thing piecewise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from . import tl
+from .io import Atlas, Stack
+from .plotting import plot_cell_patterns, plot_patterns
+
+
+def _coefficients_table(adata: ad.AnnData, key: str) -> pd.DataFrame:
+    names = list(adata.uns[key]["pattern_names"])
+    return pd.DataFrame(np.asarray(adata.varm[f"{key}_coefficients"]), index=adata.var_names, columns=names)
+
+
+def _write(adata: ad.AnnData, out: Path, key: str) -> dict[str, str]:
+    files = {"result": str(out / "result.h5ad"), "coefficients": str(out / "gene_coefficients.csv")}
+    _coefficients_table(adata, key).to_csv(files["coefficients"])
+    adata.write_h5ad(files["result"], compression="gzip")
+    return files
+
+
+def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = None,
+                random_state: int = 0, missing: str = "impute", max_iter: int = 200,
+                min_voxels: int = 50, key: str = "nmf") -> tuple[ad.AnnData, dict]:
+    """NMF of a gene stack (inside the atlas mask), region correlation, files in ``out``.
+
+    Parameters
+    ----------
+    stack : Stack
+        Gene volumes or images (NaN = missing).
+    n_components : int
+        K.
+    out : str or Path
+        Output folder (created): ``result.h5ad`` (patterns in ``obsm["X_nmf"]``, gene
+        coefficients in ``varm``, parameters in ``uns``), ``gene_coefficients.csv``,
+        ``region_correlation.csv`` and ``gene_region_correlation.csv`` (with an atlas),
+        ``patterns.png``, ``summary.json``.
+    atlas : Atlas, optional
+        Restricts the analysis to the brain (annotation > 0) and adds region readouts.
+    random_state : int
+    missing : {"impute", "raise", "zero"}
+        Missing voxels: k-NN imputation (osNMF), an error, or zero.
+    max_iter, min_voxels, key : see :func:`napari_spatial_nmf.tl.nmf` and
+        :func:`napari_spatial_nmf.tl.region_correlation`.
+
+    Returns
+    -------
+    (AnnData, dict)
+        The result and a summary (file paths, errors, best structures).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if atlas is not None and atlas.annotation.shape != stack.data.shape[1:]:
+        raise ValueError(f"The volumes have grid shape {stack.data.shape[1:]} but the atlas has "
+                         f"{atlas.annotation.shape}: they must be on the same grid.")
+    adata = stack.to_anndata(mask=atlas.mask if atlas is not None else None)
+    layer = None
+    if missing == "impute":
+        tl.check_nmf_input(adata, n_components, missing="zero")
+        if np.isnan(adata.X).any():
+            tl.impute_knn(adata)
+            layer = "imputed"
+        missing = "raise"
+    tl.nmf(adata, n_components, layer=layer, missing=missing, random_state=random_state,
+           max_iter=max_iter, key_added=key)
+    summary = {"n_obs": adata.n_obs, "n_genes": adata.n_vars, "n_components": n_components,
+               "relative_error": adata.uns[key]["relative_error"], "n_iter": adata.uns[key]["n_iter"],
+               "random_state": random_state}
+    regions = None
+    if atlas is not None and atlas.ontology is not None:
+        regions = tl.region_correlation(adata, atlas.annotation, atlas.ontology, key=key, min_voxels=min_voxels)
+        regions.to_csv(out / "region_correlation.csv", index=False)
+        genes = tl.region_correlation(adata, atlas.annotation, atlas.ontology, genes=list(adata.var_names),
+                                      min_voxels=min_voxels)
+        genes.to_csv(out / "gene_region_correlation.csv", index=False)
+        summary["best_structure"] = {
+            p: {"acronym": g.iloc[0]["acronym"], "name": g.iloc[0]["name"], "r": float(g.iloc[0]["r"])}
+            for p, g in regions.groupby("pattern", sort=False)}
+        summary["best_structure_per_gene"] = {
+            p: {"acronym": g.iloc[0]["acronym"], "name": g.iloc[0]["name"], "r": float(g.iloc[0]["r"])}
+            for p, g in genes.groupby("pattern", sort=False)}
+    plot_patterns(adata, out / "patterns.png", key=key,
+                  annotation=atlas.annotation if atlas is not None else None,
+                  ontology=atlas.ontology if atlas is not None else None, region_table=regions,
+                  title=f"NMF principal patterns (K={n_components})")
+    summary["files"] = _write(adata, out, key)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return adata, summary
+
+
+def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 0,
+              max_iter: int = 200, key: str = "nmf") -> tuple[ad.AnnData, dict]:
+    """NMF of a cell point cloud; writes ``result.h5ad``, ``gene_coefficients.csv``,
+    ``cell_weights.csv``, ``patterns.png`` and ``summary.json`` to ``out``. The input
+    AnnData is not changed (the result is a copy)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = tl.nmf(adata, n_components, random_state=random_state, max_iter=max_iter, key_added=key, copy=True)
+    names = list(res.uns[key]["pattern_names"])
+    pd.DataFrame(np.asarray(res.obsm[f"X_{key}"]), index=res.obs_names, columns=names).to_csv(out / "cell_weights.csv")
+    plot_cell_patterns(res, out / "patterns.png", key=key, title=f"NMF cell weights (K={n_components})")
+    summary = {"n_obs": res.n_obs, "n_genes": res.n_vars, "n_components": n_components,
+               "relative_error": res.uns[key]["relative_error"], "n_iter": res.uns[key]["n_iter"],
+               "random_state": random_state}
+    summary["files"] = _write(res, out, key)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return res, summary
