@@ -254,5 +254,9 @@ class Ontology:
 
 
 def _parent_from_path(path) -> int | None:
-    parts = [p for p in str(path).strip("/").split("/") if p]
+    """Parent id from a root-to-self path: Allen's ``"/997/8/567/"`` or brainglobe's list."""
+    if isinstance(path, (list, tuple)):
+        parts = list(path)
+    else:
+        parts = [p for p in str(path).strip("/").split("/") if p]
     return int(parts[-2]) if len(parts) >= 2 else None
