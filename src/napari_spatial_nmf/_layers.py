@@ -104,7 +104,7 @@ def cells_layer(adata: ad.AnnData, name: str = "cells", *, spatial_key: str = "s
     xyz = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, ::-1]
     feats = _obs_features(adata) if features is None else features
     kwargs = {"name": name, "features": feats, "size": _point_size(xyz), "border_width": 0,
-              "metadata": {"adata": adata, "spatial_key": spatial_key}, "out_of_slice_display": True}
+              "metadata": {"adata": adata, "spatial_key": spatial_key}}
     if color_by is not None:
         kwargs["face_color"] = color_by
         if feats[color_by].dtype.kind in "fiu":

@@ -136,6 +136,7 @@ class PatternDiscoveryWidget(QWidget):
         if impute and "spatial" not in adata.obsm:
             raise ValueError("k-NN imputation needs coordinates; choose another missing-value option.")
         kwargs = {"random_state": int(self.seed.value), "max_iter": int(self.max_iter.value)}
+        nmf_missing = "raise" if missing == "impute" else missing  # imputed data have no NaN left
 
         def job():
             layer = None
@@ -143,8 +144,7 @@ class PatternDiscoveryWidget(QWidget):
                 yield Progress(0, kwargs["max_iter"], "imputing missing values (k-NN, k=6)…")
                 tl.impute_knn(adata)
                 layer = "imputed"
-            return (yield from tl.iter_nmf(adata, k, layer=layer, missing="raise" if impute else missing,
-                                           **kwargs))
+            return (yield from tl.iter_nmf(adata, k, layer=layer, missing=nmf_missing, **kwargs))
 
         return job(), kwargs["max_iter"], source, bool(points)
 

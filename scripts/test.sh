@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install the test dependencies (Debian packages for Xvfb/Mesa, a venv) and run the tests.
+source "$(dirname "$0")/_setup.sh"
+install_debian_packages
+command -v Xvfb >/dev/null || { echo "Xvfb is missing: napari's tests need a virtual X display"; exit 1; }
+make_venv testing
+.venv/bin/npe2 validate --imports napari_spatial_nmf
+export QT_QPA_PLATFORM=xcb QT_API=pyqt6 PYTEST_QT_API=pyqt6   # never 'offscreen': napari needs OpenGL
+unset DISPLAY || true                                         # pytest-xvfb starts its own Xvfb
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider -q "$@"
+rc=$?
+set -e
+[ $rc -eq 5 ] && { echo "pytest collected no tests"; exit 1; }
+exit $rc

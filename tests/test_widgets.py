@@ -1,0 +1,163 @@
+"""Dock widgets, samples and readers inside a real napari viewer (Xvfb)."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_spatial_nmf._reader import get_reader
+from napari_spatial_nmf._widgets.pattern_discovery import PatternDiscoveryWidget
+from napari_spatial_nmf._widgets.region_correlation import HIGHLIGHT_KEY, RegionCorrelationWidget
+from napari_spatial_nmf.datasets import DATA
+
+PLUGIN = "napari-spatial-nmf"
+
+
+def _wait(qtbot, runner, timeout=60_000):
+    qtbot.waitUntil(lambda: not runner.running, timeout=timeout)
+
+
+@pytest.mark.parametrize("key, kinds", [("allen_200um", ["labels", "image"]), ("bdgp", ["image"]),
+                                        ("osmfish", ["points"])])
+def test_samples_open(make_napari_viewer, key, kinds):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, key)
+    assert [type(lyr).__name__.lower() for lyr in viewer.layers] == kinds
+
+
+def test_atlas_hover_names_structures(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "allen_200um")
+    atlas = viewer.layers["CCFv3 annotation"]
+    cp = np.argwhere(atlas.data == 672)[0]  # a caudoputamen voxel
+    viewer.dims.set_point(viewer.dims.ndim - 3, cp[0] * 200.0)  # hover reads the current AP plane
+    status = atlas.get_status(tuple(cp * 200.0), world=True)
+    assert "acronym: CP" in status["value"] and "Caudoputamen" in status["value"]
+    assert atlas.colormap.map(672)[:3] == pytest.approx(np.array([152, 214, 249]) / 255, abs=0.01)  # Allen colour 98D6F9
+
+
+def test_readers_give_layers(tmp_path):
+    import shutil
+
+    shutil.copy(DATA / "Pdyn_P56_coronal_71717084_200um.zip", tmp_path)
+    layers = get_reader(str(tmp_path))(str(tmp_path))
+    assert layers[0][2] == "image" and layers[0][1]["metadata"]["genes"] == ["Pdyn"]
+    ann = get_reader(str(DATA / "annotation_200um_ccf2017_ishgrid.nrrd"))
+    assert ann(str(DATA / "annotation_200um_ccf2017_ishgrid.nrrd"))[0][2] == "labels"
+    cells = get_reader(str(DATA / "osmfish_sscortex_6471cells_33genes.h5ad"))
+    assert cells(str(DATA / "osmfish_sscortex_6471cells_33genes.h5ad"))[0][2] == "points"
+    assert get_reader(str(tmp_path / "notes.txt")) is None
+
+
+def test_nmf_dock_on_allen_sample(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "allen_200um")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
+    assert isinstance(w, PatternDiscoveryWidget)
+    genes = viewer.layers["Allen ISH energy"]
+    before = genes.data.copy()
+    w.inputs.value = [genes]
+    w.mask.value = viewer.layers["CCFv3 annotation"]
+    w.n_components.value = 2
+    w.run()
+    _wait(qtbot, w.runner)
+    pps = [lyr for lyr in viewer.layers if lyr.name.startswith("Allen ISH energy PP")]
+    assert len(pps) == 2
+    for lyr in pps:
+        assert lyr.data.shape == (67, 41, 58) and tuple(lyr.scale) == (200.0, 200.0, 200.0)
+        assert lyr.blending == "additive" and lyr.metadata["params"]["n_components"] == 2
+    assert pps[0].colormap.name != pps[1].colormap.name
+    assert np.array_equal(genes.data, before, equal_nan=True)  # the input layer is untouched
+    assert w.result.uns["nmf"]["params"]["layer"] == "imputed"
+
+
+def test_nmf_dock_bdgp_21_patterns_inside_embryo(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "bdgp")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
+    w.inputs.value = [viewer.layers["BDGP images"]]
+    w.n_components.value = 21
+    w.run()
+    _wait(qtbot, w.runner)
+    pps = viewer.layers[1:]
+    embryo = ~np.isnan(viewer.layers["BDGP images"].data[0])
+    assert len(pps) == 21
+    for lyr in pps:
+        assert lyr.data.shape == (16, 32)
+        assert (lyr.data[~embryo] == 0).all() and lyr.data[embryo].max() == pytest.approx(1.0)
+
+
+def test_cancel_stops_quickly_and_adds_nothing(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "bdgp")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
+    w.inputs.value = [viewer.layers["BDGP images"]]
+    w.n_components.value = 21
+    w.max_iter.value = 100_000
+    w.run()
+    qtbot.waitUntil(lambda: w.runner.progress.value() >= 3, timeout=20_000)  # it is really iterating
+    t0 = time.perf_counter()
+    w.runner.cancel()
+    _wait(qtbot, w.runner, timeout=5_000)
+    assert time.perf_counter() - t0 < 2.0
+    assert len(viewer.layers) == 1 and w.result is None
+    assert w.runner.status.text() == "cancelled" and w.runner.run_button.isEnabled()
+
+
+def test_nmf_dock_rejects_bad_input_before_running(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "allen_200um")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
+    w.inputs.value = [viewer.layers["Allen ISH energy"]]
+    w.n_components.value = 5  # two genes: K <= 2
+    w.run()
+    assert not w.runner.running and "min(n_obs, n_genes)" in w.runner.status.text()
+    viewer.add_labels(np.ones((10, 10, 10), np.uint8), name="wrong grid")
+    w.form.reset_choices()
+    w.mask.value = viewer.layers["wrong grid"]
+    w.n_components.value = 2
+    w.run()
+    assert "same grid" in w.runner.status.text() and len(viewer.layers) == 3
+
+
+def test_nmf_dock_on_cells(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "osmfish")
+    cells = viewer.layers["osmFISH cells"]
+    adata = cells.metadata["adata"]
+    features_before = cells.features.copy()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
+    w.inputs.value = [cells]
+    w.n_components.value = 11
+    w.run()
+    _wait(qtbot, w.runner)
+    out = viewer.layers["osmFISH cells NMF weights"]
+    assert out.data.shape == (6471, 2) and all(f"PP{i}" in out.features for i in range(1, 12))
+    assert np.allclose(out.features["PP3"], w.result.obsm["X_nmf"][:, 2])
+    assert "X_nmf" not in adata.obsm  # the source AnnData is not changed
+    pd.testing.assert_frame_equal(cells.features, features_before)
+
+
+def test_region_dock_table_selection_and_export(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "allen_200um")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Region correlation")
+    assert isinstance(w, RegionCorrelationWidget)
+    w.source.value = viewer.layers["Allen ISH energy"]
+    w.plane.value = 0  # Pdyn
+    w.atlas.value = viewer.layers["CCFv3 annotation"]
+    w.run()
+    assert w.table.rowCount() == len(w.result) > 100
+    assert w.table.item(0, 1).text() == "STR"
+    w.table.selectRow(0)
+    hl = next(lyr for lyr in viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY))
+    onto = viewer.layers["CCFv3 annotation"].metadata["ontology"]
+    expected = np.isin(viewer.layers["CCFv3 annotation"].data, onto.descendants("STR"))
+    assert np.array_equal(hl.data > 0, expected) and hl.name == "highlight: STR"
+    ap = viewer.dims.point[1]  # the view moved to the striatum's centre
+    assert abs(ap - np.argwhere(expected)[:, 0].mean() * 200) < 200
+    csv = w.export_csv(tmp_path / "regions.csv")
+    df = pd.read_csv(csv)
+    assert list(df.columns) == ["pattern", "rank", "id", "acronym", "name", "depth", "n_voxels", "r"]
+    assert df.iloc[0]["acronym"] == "STR"
