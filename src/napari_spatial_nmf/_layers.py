@@ -9,7 +9,7 @@ cloud is a Points layer whose ``metadata["adata"]`` is the AnnData (rows = obs o
 
 from __future__ import annotations
 
-from itertools import cycle
+import colorsys
 
 import anndata as ad
 import numpy as np
@@ -19,8 +19,17 @@ from .core.grid import grid_of, to_volume
 from .core.ontology import Ontology
 from .io import Atlas, Stack
 
-PATTERN_COLORMAPS = ("red", "green", "blue", "magenta", "cyan", "yellow", "bop orange",
-                     "bop purple", "bop blue", "I Forest", "I Bordeaux", "I Orange", "I Purple", "I Blue")
+
+
+def pattern_colormaps(k: int) -> list:
+    """K distinct black-to-colour colormaps (hues evenly spaced), for additive overlays."""
+    from napari.utils.colormaps import Colormap
+
+    out = []
+    for i in range(k):
+        rgb = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 1.0, 1.0)  # golden-ratio hue steps
+        out.append(Colormap(colors=[(0, 0, 0, 1), (*rgb, 1)], name=f"nmf hue {i + 1}/{k}"))
+    return out
 
 
 def _limits(data: np.ndarray) -> tuple[float, float]:
@@ -107,8 +116,11 @@ def cells_layer(adata: ad.AnnData, name: str = "cells", *, spatial_key: str = "s
               "metadata": {"adata": adata, "spatial_key": spatial_key}}
     if color_by is not None:
         kwargs["face_color"] = color_by
-        if feats[color_by].dtype.kind in "fiu":
+        values = feats[color_by].to_numpy()
+        if values.dtype.kind in "fiu":
             kwargs["face_colormap"] = "viridis"
+            hi = float(np.percentile(values, 99))  # one bright cell should not darken the rest
+            kwargs["face_contrast_limits"] = (float(values.min()), hi if hi > values.min() else float(values.max()))
     return (xyz, kwargs, "points")
 
 
@@ -126,7 +138,7 @@ def pattern_layers(adata: ad.AnnData, key: str = "nmf", *, source: str = "") -> 
     names = list(rec["pattern_names"])
     coef = np.asarray(adata.varm[f"{key}_coefficients"])
     out = []
-    for i, (vol, cmap) in enumerate(zip(vols, cycle(PATTERN_COLORMAPS))):
+    for i, (vol, cmap) in enumerate(zip(vols, pattern_colormaps(len(vols)))):
         top = pd.Series(coef[:, i], index=adata.var_names).nlargest(10)
         meta = {"pattern": names[i], "key": key, "source": source, "top_genes": list(top.index),
                 "params": dict(rec["params"]), "grid_shape": list(grid.shape)}

@@ -85,6 +85,7 @@ class PatternDiscoveryWidget(QWidget):
         self.missing = ComboBox(label="missing values", choices=list(MISSING_CHOICES))
         self.form = Container(widgets=[self.inputs, self.mask, self.n_components, self.seed,
                                        self.max_iter, self.missing])
+        self.inputs.native.setMaximumHeight(110)
         self.runner = JobRunner("Find patterns")
         self.runner.run_button.clicked.connect(self.run)
         layout = QVBoxLayout(self)

@@ -64,6 +64,7 @@ class RegionCorrelationWidget(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.itemSelectionChanged.connect(self._on_select)
+        self.table.setMinimumHeight(220)
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_dialog)
@@ -77,8 +78,17 @@ class RegionCorrelationWidget(QWidget):
         layout.addWidget(self.runner)
         layout.addWidget(self.table)
         layout.addLayout(row)
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(lambda _e: self.form.reset_choices())
+        self.viewer.layers.events.inserted.connect(lambda _e: self.form.reset_choices())
+        self.viewer.layers.events.removed.connect(self._on_removed)
+
+    def _on_removed(self, _event=None) -> None:
+        self.form.reset_choices()
+        if self._atlas is not None and self._atlas not in self.viewer.layers:
+            self._atlas, self.result = None, None  # the table described a layer that is gone
+            self.table.setRowCount(0)
+            self.summary.setText("")
+            self.runner.status.setText("")
+            self.export_button.setEnabled(False)
 
     # ---------------------------------------------------------------- choices
     def _image_choices(self, _w=None):
@@ -165,9 +175,13 @@ class RegionCorrelationWidget(QWidget):
         layer = next((lyr for lyr in self.viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY)), None)
         data = mask.astype(np.uint8)
         if layer is None:
-            self.viewer.add_labels(data, name=f"highlight: {acronym}", scale=atlas.scale,
-                                   translate=atlas.translate, opacity=0.8,
-                                   metadata={HIGHLIGHT_KEY: True, "structure_id": int(structure_id)})
+            from napari.utils.colormaps import DirectLabelColormap
+
+            layer = self.viewer.add_labels(
+                data, name=f"highlight: {acronym}", scale=atlas.scale, translate=atlas.translate,
+                opacity=1.0, colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: (1.0, 0.9, 0.0, 1.0)}),
+                metadata={HIGHLIGHT_KEY: True, "structure_id": int(structure_id)})
+            layer.contour = 1  # an outline, so the pattern underneath stays visible
         else:
             layer.data = data
             layer.name = f"highlight: {acronym}"
