@@ -27,3 +27,17 @@ def bdgp():
 @pytest.fixture()
 def osmfish():
     return datasets.osmfish()
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The project's shared real datasets (``../shared/data`` beside the repository; CI has it).
+
+    Fails, never skips, when it is missing: these tests check the readers on original files.
+    """
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not root.is_dir():
+        pytest.fail(f"The shared datasets are expected at {root} (see the developers' guide).")
+    return root
