@@ -24,6 +24,18 @@ def _figure(n_panels: int, panel_size=(2.6, 2.2), ncols: int = 6):
     return fig, axes.ravel()
 
 
+def _save(fig, path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _boundaries(labels2d: np.ndarray) -> np.ndarray:
     b = np.zeros(labels2d.shape, dtype=bool)
     b[1:, :] |= labels2d[1:, :] != labels2d[:-1, :]
@@ -64,15 +76,7 @@ def plot_patterns(adata: ad.AnnData, path, *, key: str = "nmf", annotation: np.n
             if len(best):
                 label += f"\n{best['acronym'].iloc[0]} r={best['r'].iloc[0]:.2f}"
         ax.set_title(label, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_cell_patterns(adata: ad.AnnData, path, *, key: str = "nmf", title: str = "") -> Path:
@@ -87,12 +91,4 @@ def plot_cell_patterns(adata: ad.AnnData, path, *, key: str = "nmf", title: str 
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.set_title(name, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
