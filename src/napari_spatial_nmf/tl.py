@@ -30,6 +30,7 @@ from .core.nmf import iter_fit_nmf
 from .core.ontology import Ontology
 from .core.provenance import provenance
 from .core.regions import region_correlation as _region_correlation
+from .core.stability import iter_stability as _iter_stability
 
 MISSING_MODES = ("raise", "zero")
 
@@ -248,3 +249,102 @@ def region_correlation(
     if genes is None:
         adata.uns[key]["region_correlation"] = df
     return df
+
+
+def iter_stability(
+    adata: ad.AnnData,
+    k_range,
+    n_replicates: int = 100,
+    *,
+    layer: str | None = None,
+    resample: str = "genes",
+    matching: str = "hungarian",
+    similarity: str = "cosine",
+    random_state: int = 0,
+    batch_size: int = 25,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    store=None,
+    backend: str = "local",
+    scheduler=None,
+    fit_final: bool = True,
+    key_added: str = "stability",
+    nmf_key: str = "nmf",
+    copy: bool = False,
+) -> Generator[Progress, None, ad.AnnData]:
+    """Generator twin of :func:`stability` (input checked at the call)."""
+    X = check_nmf_input(adata, 2, layer=layer)
+    sweep = _iter_stability(X, k_range, n_replicates, resample=resample, matching=matching,
+                            similarity=similarity, seed=random_state, batch_size=batch_size,
+                            max_iter=max_iter, tol=tol, store=store, backend=backend, scheduler=scheduler)
+
+    def run():
+        res = yield from sweep
+        out = adata.copy() if copy else adata
+        rec = provenance("stability", {**res.params, "layer": layer,
+                                       "store": str(store) if store is not None else None, "backend": backend})
+        rec.update({"table": res.table, "best_k": res.best_k})
+        out.uns[key_added] = rec
+        if fit_final:
+            yield Progress(0, 1, f"final NMF at K = {res.best_k}")
+            yield from iter_nmf(out, res.best_k, layer=layer, random_state=random_state, key_added=nmf_key)
+            out.uns[nmf_key]["selected_by"] = key_added
+        return out
+
+    return run()
+
+
+def stability(adata: ad.AnnData, k_range, n_replicates: int = 100, *, copy: bool = False,
+              **kwargs) -> ad.AnnData | None:
+    """Choose K by staNMF: bootstrap replicates, instability per K, argmin, final NMF.
+
+    For each K in ``k_range``, NMF is fitted to ``n_replicates`` bootstrap replicates (all
+    replicates of a K share one pass through X; see :mod:`napari_spatial_nmf.core.batched`)
+    and the instability score is the mean dissimilarity of their dictionaries over all
+    pairs (Hungarian matching or Amari-type error, on cosine or Pearson similarity; Wu et al.
+    2016 PNAS; osNMF, Cahill et al. 2024 PNAS). The K with the lowest score is chosen and,
+    with ``fit_final=True``, NMF is fitted on the full data at that K and stored as
+    :func:`nmf` stores it.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Observations x genes; the dictionaries are over observations.
+    k_range : iterable of int
+        K values, each in [2, min(n_obs, n_genes)].
+    n_replicates : int
+        N >= 2 replicates per K.
+    layer : str, optional
+    resample : {"genes", "obs", "none"}
+        "genes" (osNMF: resample genes / images), "obs", or "none" (random restarts, Wu 2016).
+    matching : {"hungarian", "amari"}
+    similarity : {"cosine", "pearson"}
+    random_state : int
+        Replicate b uses random_state + b.
+    batch_size, max_iter, tol : solver settings (see :func:`napari_spatial_nmf.core.stability.iter_stability`)
+    store : str or Path, optional
+        Results folder: every finished fit is kept; re-running resumes with identical numbers.
+    backend : {"local", "dask"}
+    scheduler : str or dask.distributed.Client, optional
+        dask scheduler address or client (default: a LocalCluster).
+    fit_final : bool
+        Fit and store the final model at the chosen K.
+    key_added : str
+        The table goes to ``uns[key_added]["table"]`` (k, instability, sd, n_replicates) with
+        ``best_k``, parameters and versions.
+    nmf_key : str
+        Where the final model goes (as :func:`nmf`'s ``key_added``).
+    copy : bool
+
+    Returns
+    -------
+    anndata.AnnData or None
+
+    Raises
+    ------
+    ValueError
+        K outside [2, min(n_obs, n_genes)], fewer than 2 replicates, NaN / negative values,
+        all-zero rows or columns, a store holding another sweep.
+    """
+    out = drain(iter_stability(adata, k_range, n_replicates, copy=copy, **kwargs))
+    return out if copy else None

@@ -21,11 +21,14 @@ class Progress:
         Steps planned; a computation may stop earlier when it converges.
     message : str
         Short human-readable status, e.g. ``"iteration 12, rel. error 0.3121"``.
+    data : dict, optional
+        A partial result worth showing at once (e.g. one K's instability score).
     """
 
     step: int
     total: int
     message: str = ""
+    data: dict | None = None
 
 
 def drain(gen: Generator[Progress, None, T]) -> T:

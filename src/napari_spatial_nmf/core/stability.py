@@ -1,0 +1,443 @@
+"""Stability-driven NMF (staNMF): choose K by the instability of bootstrap dictionaries.
+
+For each K, NMF is fitted to many bootstrap replicates and the dictionaries (principal
+patterns, observations x K) are compared pairwise. The instability score is the mean
+dissimilarity over the N(N-1)/2 pairs; the K with the lowest score is chosen.
+
+Sources: Wu et al. 2016 PNAS 113:4290 (staNMF; random restarts, Amari-type error on the
+Pearson cross-correlation, K = 15..30, 100 replicates); Yu-Group/staNMF ``instability()``
+(Hungarian matching on cosine similarity, the standard-deviation bound); osNMF, Cahill et al.
+2024 PNAS 121:e2319804121 (bootstrap of genes, ``np.random.seed(b)``, fixed
+``random_state``, K = 8..30). See ``docs/stability.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+from ._progress import Progress
+from ._validation import as_float_matrix
+from .batched import BatchResult, iter_fit_batch, nndsvda_weighted, random_init, weighted_svd
+
+RESAMPLING = ("genes", "obs", "none")
+SIMILARITIES = ("cosine", "pearson")
+MATCHINGS = ("hungarian", "amari")
+STORE_FORMAT = "napari-spatial-nmf stability store v1"
+
+
+# ------------------------------------------------------------------ dissimilarities
+def dictionary_similarity(A: np.ndarray, B: np.ndarray, kind: str = "cosine") -> np.ndarray:
+    """K x K absolute similarity between the columns of two dictionaries (n_obs x K).
+
+    ``"cosine"``: uncentred, what Yu-Group/staNMF and osNMF compute (``findcorrelation``);
+    ``"pearson"``: centred, what the original MATLAB staNMF computes (``corr``).
+    """
+    if kind not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}; got {kind!r}.")
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    if kind == "pearson":
+        A = A - A.mean(axis=0)
+        B = B - B.mean(axis=0)
+    na = np.linalg.norm(A, axis=0)
+    nb = np.linalg.norm(B, axis=0)
+    return np.abs((A / np.where(na > 0, na, 1)).T @ (B / np.where(nb > 0, nb, 1)))
+
+
+def hungarian_distance(C: np.ndarray) -> float:
+    """(1/K) sum_k (1 - C[r_k, c_k]) after the optimal one-to-one matching (Yu-Group staNMF)."""
+    r, c = linear_sum_assignment(-C)
+    return float(np.mean(1 - C[r, c]))
+
+
+def amari_distance(C: np.ndarray) -> float:
+    """Amari-type error: 1/2 [mean_j (1 - max_i C_ij) + mean_i (1 - max_j C_ij)] (Wu 2016,
+    ``amariMaxError.m``)."""
+    return float(0.5 * (np.mean(1 - C.max(axis=0)) + np.mean(1 - C.max(axis=1))))
+
+
+def instability(dictionaries: np.ndarray, *, matching: str = "hungarian",
+                similarity: str = "cosine") -> tuple[float, float]:
+    """Instability score and its standard-deviation bound for one K.
+
+    Parameters
+    ----------
+    dictionaries : numpy.ndarray, (N, n_obs, K)
+        The dictionaries of N >= 2 bootstrap replicates.
+    matching : {"hungarian", "amari"}
+    similarity : {"cosine", "pearson"}
+
+    Returns
+    -------
+    (gamma, sd)
+        gamma = mean of d over the N(N-1)/2 pairs (equal to the mean over ordered pairs,
+        as d is symmetric); sd = sqrt(mean d^2 - gamma^2) * sqrt(2/N), the reference code's
+        bound on the U-statistic's standard deviation.
+    """
+    if matching not in MATCHINGS:
+        raise ValueError(f"matching must be one of {MATCHINGS}; got {matching!r}.")
+    D = np.asarray(dictionaries, dtype=np.float64)
+    N = D.shape[0]
+    if N < 2:
+        raise ValueError("The instability needs at least 2 replicates.")
+    if similarity == "pearson":
+        D = D - D.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(D, axis=1, keepdims=True)
+    D = D / np.where(norms > 0, norms, 1)
+    K = D.shape[2]
+    flat = D.transpose(0, 2, 1).reshape(N * K, -1)
+    allC = np.abs(flat @ flat.T).reshape(N, K, N, K)  # one product for every pair
+    dist = amari_distance if matching == "amari" else hungarian_distance
+    d = np.array([dist(allC[a, :, b, :]) for a in range(N) for b in range(a + 1, N)])
+    gamma = float(d.mean())
+    sd = float(np.sqrt(max((d ** 2).mean() - gamma ** 2, 0.0)) * np.sqrt(2.0 / N))
+    return gamma, sd
+
+
+# ------------------------------------------------------------------ replicates
+def replicate_counts(size: int, replicate: int, seed: int = 0) -> np.ndarray:
+    """Bootstrap counts of one replicate: how often each of ``size`` units is drawn.
+
+    Replicate b draws with ``np.random.RandomState(seed + b).choice(size, size)``, as osNMF
+    draws with ``np.random.seed(b)``.
+    """
+    idx = np.random.RandomState(seed + replicate).choice(size, size, replace=True)
+    return np.bincount(idx, minlength=size).astype(np.float64)
+
+
+def _weights(shape, resample, replicate, seed):
+    n, m = shape
+    rw, cw = np.ones(n), np.ones(m)
+    if resample == "genes":
+        cw = replicate_counts(m, replicate, seed)
+    elif resample == "obs":
+        rw = replicate_counts(n, replicate, seed)
+    return rw, cw
+
+
+def fit_replicates(X: np.ndarray, k: int, replicates: Sequence[int], *, resample: str = "genes",
+                   seed: int = 0, max_iter: int = 200, tol: float = 1e-4,
+                   svd_cache: dict | None = None, svd_rank: int | None = None
+                   ) -> Generator[Progress, None, BatchResult]:
+    """Fit the given bootstrap replicates at one K together (see :mod:`.batched`).
+
+    Replicates are independent of each other and of the batch they are fitted in only up to
+    floating-point summation order, so the sweep always fits the same fixed batches (a
+    resumed or distributed sweep gives identical numbers).
+    """
+    X32 = np.ascontiguousarray(X, dtype=np.float32)
+    X64 = X.astype(np.float64)
+    W0, H0, RW, CW = [], [], [], []
+    for b in replicates:
+        rw, cw = _weights(X.shape, resample, b, seed)
+        if resample == "none":  # staNMF 2016: random restarts, one seed per replicate
+            w, h = random_init(X64, k, seed + b)
+        else:
+            key = int(b)
+            svd = None if svd_cache is None else svd_cache.get(key)
+            if svd is None or svd.S.size < k:
+                svd = weighted_svd(X64, rw, cw, max(k, svd_rank or k), seed + b)
+                if svd_cache is not None:
+                    svd_cache[key] = svd
+            w, h = nndsvda_weighted(X64, rw, cw, svd, k)
+        W0.append(w)
+        H0.append(h)
+        RW.append(rw)
+        CW.append(cw)
+    return (yield from iter_fit_batch(X32, np.asarray(W0), np.asarray(H0), row_w=np.asarray(RW),
+                                      col_w=np.asarray(CW), max_iter=max_iter, tol=tol))
+
+
+# ------------------------------------------------------------------ the results store
+def fingerprint(X: np.ndarray) -> str:
+    """sha1 of the data (shape, dtype and bytes): a store only resumes on the same matrix."""
+    h = hashlib.sha1(str((X.shape, str(X.dtype))).encode())
+    h.update(np.ascontiguousarray(X).tobytes())
+    return h.hexdigest()
+
+
+class StabilityStore:
+    """A folder that keeps every finished (K, replicate) fit of a sweep.
+
+    Layout (documented in ``docs/stability.md``)::
+
+        store/manifest.json          format, parameters, data fingerprint
+        store/k015/r0000.npz         dictionary (n_obs x K, float32), objective, n_iter
+        store/k015/instability.json  gamma, sd once all replicates of K are done
+
+    Files are written to a temporary name and renamed, so a killed sweep never leaves a
+    half-written fit; starting the same sweep again skips what is there.
+    """
+
+    def __init__(self, path, params: dict, data_fingerprint: str):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": STORE_FORMAT, "params": params, "data": data_fingerprint}
+        mpath = self.path / "manifest.json"
+        if mpath.exists():
+            old = json.loads(mpath.read_text())
+            if old.get("data") != data_fingerprint or old.get("params") != params:
+                diff = {k: (old.get("params", {}).get(k), v) for k, v in params.items()
+                        if old.get("params", {}).get(k) != v}
+                raise ValueError(
+                    f"The results store {self.path} holds a sweep of other data or parameters "
+                    f"({'data differ' if old.get('data') != data_fingerprint else diff}). "
+                    "Choose another folder, or delete this one to start over."
+                )
+        else:
+            self._atomic_write(mpath, json.dumps(manifest, indent=2).encode())
+
+    @staticmethod
+    def _atomic_write(path: Path, payload: bytes) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+
+    def _file(self, k: int, b: int) -> Path:
+        return self.path / f"k{k:03d}" / f"r{b:04d}.npz"
+
+    def has(self, k: int, b: int) -> bool:
+        return self._file(k, b).exists()
+
+    def save(self, k: int, b: int, dictionary: np.ndarray, objective: float, n_iter: int) -> None:
+        f = self._file(k, b)
+        f.parent.mkdir(exist_ok=True)
+        tmp = f.with_name(f.stem + ".tmp.npz")
+        np.savez(tmp, dictionary=dictionary.astype(np.float32), objective=np.float64(objective),
+                 n_iter=np.int64(n_iter))
+        os.replace(tmp, f)
+
+    def load(self, k: int, b: int) -> np.ndarray:
+        with np.load(self._file(k, b), allow_pickle=False) as z:
+            return z["dictionary"]
+
+
+# ------------------------------------------------------------------ the sweep
+@dataclass
+class StabilityResult:
+    """The outcome of a sweep.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per K: ``k, instability, sd, n_replicates``.
+    best_k : int
+        argmin of the instability.
+    params : dict
+    """
+
+    table: pd.DataFrame
+    best_k: int
+    params: dict = field(default_factory=dict)
+
+
+def check_stability_input(X, k_range, n_replicates: int, resample: str, matching: str,
+                          similarity: str) -> tuple[np.ndarray, list[int]]:
+    """Validate a sweep's input (cheap; raises before any fit).
+
+    Raises
+    ------
+    ValueError
+        K outside [2, min(n_obs, n_genes)], fewer than 2 replicates, non-finite or negative
+        values, all-zero rows or columns, unknown options.
+    """
+    X = as_float_matrix(X)
+    for name, value, options in (("resample", resample, RESAMPLING), ("matching", matching, MATCHINGS),
+                                 ("similarity", similarity, SIMILARITIES)):
+        if value not in options:
+            raise ValueError(f"{name} must be one of {options}; got {value!r}.")
+    ks = sorted({int(k) for k in k_range})
+    k_max = min(X.shape)
+    if not ks or ks[0] < 2 or ks[-1] > k_max:
+        raise ValueError(f"Every K must lie in [2, min(n_obs, n_genes)] = [2, {k_max}]; got {ks[:3]}…{ks[-3:]}.")
+    if int(n_replicates) < 2:
+        raise ValueError(f"The instability compares replicates: n_replicates must be >= 2; got {n_replicates}.")
+    zero_rows = np.flatnonzero(~X.any(axis=1))
+    zero_cols = np.flatnonzero(~X.any(axis=0))
+    if zero_rows.size or zero_cols.size:
+        raise ValueError(
+            f"X has {zero_rows.size} all-zero observation(s) and {zero_cols.size} all-zero gene(s) "
+            f"(e.g. rows {zero_rows[:5].tolist()}, columns {zero_cols[:5].tolist()}); remove them first "
+            "(they carry no pattern and make the similarity undefined)."
+        )
+    return X, ks
+
+
+def iter_stability(
+    X,
+    k_range: Sequence[int],
+    n_replicates: int = 100,
+    *,
+    resample: str = "genes",
+    matching: str = "hungarian",
+    similarity: str = "cosine",
+    seed: int = 0,
+    batch_size: int = 25,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    store=None,
+    backend: str = "local",
+    scheduler=None,
+) -> Generator[Progress, None, StabilityResult]:
+    """The staNMF sweep as a generator: checks input at the call, then yields progress.
+
+    Parameters
+    ----------
+    X : array-like, (n_obs, n_genes)
+        Non-negative data; dictionaries are over observations (voxels, pixels, cells).
+    k_range : sequence of int
+        The K to scan, each in [2, min(n_obs, n_genes)].
+    n_replicates : int
+        N >= 2 bootstrap replicates per K (staNMF/osNMF: 100).
+    resample : {"genes", "obs", "none"}
+        What a replicate resamples with replacement: genes (images; the osNMF scheme,
+        dictionaries stay aligned on the observations), observations, or nothing (random
+        restarts, as Wu et al. 2016).
+    matching : {"hungarian", "amari"}
+    similarity : {"cosine", "pearson"}
+    seed : int
+        Replicate b uses seed + b for its bootstrap draw (and random init).
+    batch_size : int
+        Replicates fitted together (one wide matrix product per pass).
+    max_iter, tol : int, float
+        Passes and stopping tolerance of the batched solver.
+    store : str or Path, optional
+        A results folder (:class:`StabilityStore`); finished fits are kept there and a new
+        run with the same data and parameters resumes.
+    backend : {"local", "dask"}
+        Fit batches in this process, or as dask.distributed tasks.
+    scheduler : str or dask.distributed.Client, optional
+        With ``backend="dask"``: a scheduler address or client; default a LocalCluster.
+
+    Returns
+    -------
+    Generator yielding :class:`Progress` (``data`` carries each K's score as soon as it is
+    known), returning :class:`StabilityResult`.
+    """
+    if backend not in ("local", "dask"):
+        raise ValueError(f"backend must be 'local' or 'dask'; got {backend!r}.")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    X, ks = check_stability_input(X, k_range, n_replicates, resample, matching, similarity)
+    params = {"k_range": ks, "n_replicates": int(n_replicates), "resample": resample, "matching": matching,
+              "similarity": similarity, "seed": int(seed), "batch_size": int(batch_size),
+              "max_iter": int(max_iter), "tol": float(tol), "solver": "batched HALS + extrapolation, float32"}
+    fit_params = {k: params[k] for k in ("resample", "seed", "max_iter", "tol", "batch_size",
+                                         "n_replicates", "k_range")}
+    st = StabilityStore(store, fit_params, fingerprint(X)) if store is not None else None
+    return _sweep(X, ks, int(n_replicates), params, st, backend, scheduler)
+
+
+def _batches(n_replicates: int, batch_size: int) -> list[list[int]]:
+    return [list(range(s, min(s + batch_size, n_replicates))) for s in range(0, n_replicates, batch_size)]
+
+
+def _run_batch(X, k, reps, resample, seed, max_iter, tol, svd_rank):
+    """One (K, batch) task: plain function, so dask can ship it (drains the generator)."""
+    from ._progress import drain
+
+    res = drain(fit_replicates(X, k, reps, resample=resample, seed=seed, max_iter=max_iter, tol=tol,
+                               svd_rank=svd_rank))
+    return k, reps, res.W, res.objective, res.n_iter
+
+
+def _sweep(X, ks, N, params, store, backend, scheduler):
+    batches = _batches(N, params["batch_size"])
+    total = len(ks) * N
+    dicts: dict[int, dict[int, np.ndarray]] = {k: {} for k in ks}
+    todo = []
+    for k in ks:
+        for reps in batches:
+            if store is not None and all(store.has(k, b) for b in reps):
+                for b in reps:
+                    dicts[k][b] = store.load(k, b)
+            else:
+                todo.append((k, reps))
+    done = total - sum(len(r) for _, r in todo)
+    rows: dict[int, tuple[float, float]] = {}
+
+    def finish(k, reps, W, obj, n_iter):
+        nonlocal done
+        for i, b in enumerate(reps):
+            dicts[k][b] = W[i]
+            if store is not None:
+                store.save(k, b, W[i], obj[i], n_iter)
+        done += len(reps)
+
+    def score(k):
+        if k in rows or len(dicts[k]) < N:
+            return None
+        g, s = instability(np.stack([dicts[k][b] for b in range(N)]), matching=params["matching"],
+                           similarity=params["similarity"])
+        rows[k] = (g, s)
+        return Progress(done, total, f"K={k}: instability {g:.4f} ± {s:.4f}", {"k": k, "instability": g, "sd": s})
+
+    for k in ks:  # K already complete in the store
+        p = score(k)
+        if p is not None:
+            yield p
+    yield Progress(done, total, f"{done}/{total} fits already in the store" if done else "starting")
+    svd_rank = max(ks)
+    if backend == "local":
+        cache: dict = {}
+        for k, reps in todo:
+            gen = fit_replicates(X, k, reps, resample=params["resample"], seed=params["seed"],
+                                 max_iter=params["max_iter"], tol=params["tol"], svd_cache=cache, svd_rank=svd_rank)
+            while True:
+                try:
+                    p = next(gen)
+                except StopIteration as stop:
+                    res = stop.value
+                    break
+                yield Progress(done, total, f"K={k}, replicates {reps[0]}–{reps[-1]}: {p.message}")
+            finish(k, reps, res.W, res.objective, res.n_iter)
+            p = score(k)
+            yield p if p is not None else Progress(done, total, f"K={k}: {done}/{total} fits")
+    else:
+        yield from _dask_sweep(X, todo, params, svd_rank, scheduler, finish, score, lambda: (done, total))
+    table = pd.DataFrame([{"k": k, "instability": rows[k][0], "sd": rows[k][1], "n_replicates": N} for k in ks])
+    best = int(table.loc[table["instability"].idxmin(), "k"])
+    return StabilityResult(table, best, params)
+
+
+def _dask_sweep(X, todo, params, svd_rank, scheduler, finish, score, counts):
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    own = None
+    if isinstance(scheduler, Client):
+        client = scheduler
+    elif scheduler is not None:
+        client = own = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=os.cpu_count() or 1, processes=False,
+                               dashboard_address=None)
+        client = own = Client(cluster)
+    try:
+        Xf = client.scatter(X, broadcast=True)
+        futures = [client.submit(_run_batch, Xf, k, reps, params["resample"], params["seed"], params["max_iter"],
+                                 params["tol"], svd_rank, pure=False) for k, reps in todo]
+        try:
+            for fut in as_completed(futures):
+                k, reps, W, obj, n_iter = fut.result()
+                finish(k, reps, W, obj, n_iter)
+                done, total = counts()
+                p = score(k)
+                yield p if p is not None else Progress(done, total, f"K={k}: {done}/{total} fits (dask)")
+        except GeneratorExit:
+            client.cancel(futures)
+            raise
+    finally:
+        if own is not None:
+            cluster = getattr(own, "cluster", None)
+            own.close()
+            if cluster is not None:
+                cluster.close()

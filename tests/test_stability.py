@@ -1,0 +1,106 @@
+"""staNMF on the real BDGP images: the batched solver, instability, resume, dask."""
+
+import numpy as np
+import pytest
+from sklearn.decomposition import NMF
+
+from napari_spatial_nmf import tl
+from napari_spatial_nmf.core import drain
+from napari_spatial_nmf.core.batched import nndsvda_weighted, weighted_svd
+from napari_spatial_nmf.core.stability import (
+    amari_distance,
+    dictionary_similarity,
+    fit_replicates,
+    hungarian_distance,
+    instability,
+    iter_stability,
+    replicate_counts,
+)
+
+
+def test_weighted_replicate_reaches_sklearn_objective_on_the_resampled_copy(bdgp):
+    _, X = bdgp  # 405 pixels x 1,640 images; replicates resample images (osNMF)
+    res = drain(fit_replicates(X, 21, [0, 1, 2], resample="genes", seed=0))
+    for i, b in enumerate((0, 1, 2)):
+        idx = np.random.RandomState(b).choice(1640, 1640, replace=True)
+        ref = NMF(n_components=21, random_state=1)  # osNMF: images x pixels, fixed random_state
+        ref.fit(X.T[idx])
+        sk = ref.reconstruction_err_ ** 2
+        ours = ((X[:, idx] - res.W[i].astype(float) @ res.H[i][:, idx].astype(float)) ** 2).sum()
+        assert ours == pytest.approx(res.objective[i], rel=1e-4)  # the weights are the copy
+        assert ours <= sk * 1.01, (b, ours / sk)
+
+
+def test_weighted_nndsvd_equals_nndsvd_of_the_copy(bdgp):
+    _, X = bdgp
+    c = replicate_counts(1640, 3)
+    idx = np.repeat(np.arange(1640), c.astype(int))
+    Xc = X[:, idx]
+    svd = weighted_svd(X, np.ones(405), c, 10, 0)
+    W, H = nndsvda_weighted(X, np.ones(405), c, svd, 10)
+    U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+    assert np.allclose(svd.S, S[:10], rtol=1e-8)
+    Wc, Hc = nndsvda_weighted(Xc, np.ones(405), np.ones(Xc.shape[1]), weighted_svd(Xc, np.ones(405),
+                              np.ones(Xc.shape[1]), 10, 0), 10)
+    assert np.allclose(W, Wc, atol=1e-8) and np.allclose(H[:, idx], Hc, atol=1e-8)
+
+
+def test_distances():
+    C = np.array([[0.1, 0.9], [1.0, 0.2]])
+    assert hungarian_distance(C) == pytest.approx(1 - (0.9 + 1.0) / 2)
+    assert amari_distance(C) == pytest.approx(0.5 * ((0 + 0.1) / 2 + (0.1 + 0) / 2))
+    rng = np.random.default_rng(0)
+    A = rng.random((50, 4))
+    assert hungarian_distance(dictionary_similarity(A, A[:, ::-1])) == pytest.approx(0, abs=1e-12)
+    D = np.stack([A, A[:, [1, 0, 3, 2]], A])
+    assert instability(D) == (pytest.approx(0, abs=1e-12), pytest.approx(0, abs=1e-12))
+    assert instability(D, matching="amari", similarity="pearson")[0] == pytest.approx(0, abs=1e-12)
+
+
+def test_sweep_on_bdgp_resume_and_dask(bdgp, tmp_path):
+    _, X = bdgp
+    ks, N = [6, 7], 4
+    full = drain(iter_stability(X, ks, N, batch_size=2, store=tmp_path / "a"))
+    assert list(full.table["k"]) == ks and (full.table["instability"] > 0).all()
+    assert full.best_k == full.table.loc[full.table["instability"].idxmin(), "k"]
+    # kill the sweep after its first batch, then start it again: identical numbers
+    gen = iter_stability(X, ks, N, batch_size=2, store=tmp_path / "b")
+    while sum(1 for _ in (tmp_path / "b").glob("k*/r*.npz")) < 2:
+        next(gen)
+    gen.close()
+    assert sum(1 for _ in (tmp_path / "b").glob("k*/r*.npz")) == 2  # the finished fits were kept
+    resumed = drain(iter_stability(X, ks, N, batch_size=2, store=tmp_path / "b"))
+    assert np.array_equal(resumed.table["instability"], full.table["instability"])
+    with pytest.raises(ValueError, match="other data or parameters"):
+        iter_stability(X, ks, N, batch_size=2, store=tmp_path / "b", seed=5)
+    dask = drain(iter_stability(X, ks, N, batch_size=2, backend="dask"))
+    assert np.array_equal(dask.table["instability"], full.table["instability"])
+
+
+def test_bad_input(bdgp):
+    X = bdgp[1][:60, :80].copy()
+    with pytest.raises(ValueError, match=r"\[2, min\(n_obs, n_genes\)\] = \[2, 60\]"):
+        iter_stability(X, [1, 2], 3)
+    with pytest.raises(ValueError, match=r"\[2, 60\]"):
+        iter_stability(X, [61], 3)
+    with pytest.raises(ValueError, match="n_replicates must be >= 2"):
+        iter_stability(X, [2, 3], 1)
+    Z = X.copy()
+    Z[:, 5] = 0
+    with pytest.raises(ValueError, match="all-zero"):
+        iter_stability(Z, [2, 3], 3)
+    Z = X.copy()
+    Z[0, 0] = np.nan
+    with pytest.raises(ValueError, match="missing"):
+        iter_stability(Z, [2, 3], 3)
+
+
+def test_tl_stability_stores_table_and_final_model(bdgp):
+    stack, _ = bdgp
+    adata = stack.to_anndata()
+    adata = adata[:, :300].copy()
+    tl.stability(adata, [3, 4, 5], 3, batch_size=3)
+    rec = adata.uns["stability"]
+    assert list(rec["table"]["k"]) == [3, 4, 5] and rec["best_k"] in (3, 4, 5)
+    assert rec["params"]["resample"] == "genes" and "numpy" in rec["versions"]
+    assert adata.obsm["X_nmf"].shape == (405, rec["best_k"]) and adata.uns["nmf"]["selected_by"] == "stability"
