@@ -47,3 +47,25 @@ def test_headless_demo(tmp_path, capsys):
         assert (tmp_path / sub / "result.h5ad").exists() and (tmp_path / sub / "patterns.png").exists()
     bdgp = ad.read_h5ad(tmp_path / "bdgp" / "result.h5ad")
     assert bdgp.obsm["X_nmf"].shape == (405, 21)
+
+
+def test_stability_command_resumes(tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+
+    from napari_spatial_nmf import datasets
+
+    stack = datasets.bdgp()
+    np.savez(tmp_path / "bdgp.npz", images=np.nan_to_num(stack.data[:200], nan=-1.0), image_names=np.array(stack.genes[:200]),
+             missing_value=-1.0)
+    args = ["stability", "--volumes", str(tmp_path / "bdgp.npz"), "--k-min", "3", "--k-max", "5", "-n", "3",
+            "--out", str(tmp_path / "st")]
+    # the -1 pixels (outside the embryo) are no data: the mask drops them, no imputation needed
+    assert main(args) == 0
+    first = pd.read_csv(tmp_path / "st" / "stability.csv")
+    assert list(first["k"]) == [3, 4, 5] and (tmp_path / "st" / "instability.png").exists()
+    assert main(args) == 0  # everything is in the store: resumes, same numbers
+    again = pd.read_csv(tmp_path / "st" / "stability.csv")
+    assert np.array_equal(first["instability"], again["instability"])
+    adata = ad.read_h5ad(tmp_path / "st" / "result.h5ad")
+    assert adata.uns["stability"]["best_k"] == adata.obsm["X_nmf"].shape[1]

@@ -161,3 +161,53 @@ def test_region_dock_table_selection_and_export(make_napari_viewer, tmp_path):
     df = pd.read_csv(csv)
     assert list(df.columns) == ["pattern", "rank", "id", "acronym", "name", "depth", "n_voxels", "r"]
     assert df.iloc[0]["acronym"] == "STR"
+
+
+def test_stability_dock_plot_pick_k_and_fit(make_napari_viewer, qtbot):
+    from napari_spatial_nmf._widgets.stability import StabilityWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "bdgp")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Stability (staNMF)")
+    assert isinstance(w, StabilityWidget)
+    w.inputs.value = [viewer.layers["BDGP images"]]
+    w.k_min.value, w.k_max.value, w.n_replicates.value = 4, 6, 3
+    w.run()
+    _wait(qtbot, w.runner, timeout=120_000)
+    table = w.result.uns["stability"]["table"]
+    assert list(table["k"]) == [4, 5, 6] and sorted(w.plot.points) == [4, 5, 6]  # the live plot got every K
+    best = int(table.loc[table["instability"].idxmin(), "k"])
+    assert w.chosen_k.value == best and w.fit_button.isEnabled()
+    w.chosen_k.value = 5
+    w.fit_final()
+    _wait(qtbot, w.runner)
+    pps = [lyr for lyr in viewer.layers if lyr.name.startswith("BDGP images PP")]
+    assert len(pps) == 5 and pps[0].data.shape == (16, 32)
+    assert pps[0].metadata["params"]["n_components"] == 5
+
+
+def test_stability_dock_refuses_bad_k_range(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "allen_200um")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Stability (staNMF)")
+    w.inputs.value = [viewer.layers["Allen ISH energy"]]
+    w.k_min.value, w.k_max.value = 2, 4  # two genes: K <= 2
+    w.run()
+    assert not w.runner.running and "min(n_obs, n_genes)" in w.runner.status.text()
+    w.k_min.value, w.k_max.value = 2, 1
+    w.run()
+    assert "must not exceed" in w.runner.status.text() and w.plot.points == {}
+
+
+def test_stability_dock_cancel(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "bdgp")
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Stability (staNMF)")
+    w.inputs.value = [viewer.layers["BDGP images"]]
+    w.k_min.value, w.k_max.value, w.n_replicates.value = 15, 30, 100
+    w.run()
+    qtbot.waitUntil(lambda: "pass" in w.runner.status.text(), timeout=60_000)
+    t0 = time.perf_counter()
+    w.runner.cancel()
+    _wait(qtbot, w.runner, timeout=10_000)
+    assert time.perf_counter() - t0 < 2.0 and w.result is None and len(viewer.layers) == 1

@@ -53,28 +53,64 @@ def _demo_gui() -> int:
 
 
 def _run(args) -> int:
-    from . import io, pipeline
+    from . import pipeline
+
+    data, atlas = _load_input(args)
+    if args.cells:
+        _, summary = pipeline.run_cells(data, args.k, args.out, random_state=args.seed, max_iter=args.max_iter)
+    else:
+        _, summary = pipeline.run_volumes(data, args.k, args.out, atlas=atlas, random_state=args.seed,
+                                          missing=args.missing, max_iter=args.max_iter, min_voxels=args.min_voxels)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _load_input(args):
+    """AnnData for ``run``/``stability`` from --cells or --volumes (+ --atlas as the mask)."""
+    import numpy as np
+
+    from . import io
 
     if args.cells:
-        adata = io.read_cells(args.cells)
-        _, summary = pipeline.run_cells(adata, args.k, args.out, random_state=args.seed, max_iter=args.max_iter)
-    else:
-        if not args.volumes:
-            raise SystemExit("Give --volumes (Allen zips / folder, .npz, .nrrd, .tif), --bdgp or --cells.")
-        stacks = [_read_volumes(p) for p in args.volumes]
-        stack = stacks[0]
-        for s in stacks[1:]:
-            if s.data.shape[1:] != stack.data.shape[1:]:
-                raise SystemExit(f"{s.meta.get('source')} is on another grid than {stack.meta.get('source')}.")
-            import numpy as np
+        return io.read_cells(args.cells), None
+    if not args.volumes:
+        raise ValueError("Give --volumes (Allen zips / folder, .npz, .nrrd, .tif, BDGP csv) or --cells.")
+    stacks = [_read_volumes(p) for p in args.volumes]
+    stack = stacks[0]
+    for s in stacks[1:]:
+        if s.data.shape[1:] != stack.data.shape[1:]:
+            raise ValueError(f"{s.meta.get('source')} is on another grid than {stack.meta.get('source')}.")
+        stack.data = np.concatenate([stack.data, s.data])
+        stack.genes += s.genes
+    atlas = io.read_atlas(args.atlas, args.ontology) if getattr(args, "atlas", None) else None
+    if atlas is not None and atlas.annotation.shape != stack.data.shape[1:]:
+        raise ValueError(f"The volumes have grid shape {stack.data.shape[1:]} but the atlas has "
+                         f"{atlas.annotation.shape}: they must be on the same grid.")
+    return stack, atlas
 
-            stack.data = np.concatenate([stack.data, s.data])
-            stack.genes += s.genes
-        atlas = io.read_atlas(args.atlas, args.ontology) if args.atlas else None
-        _, summary = pipeline.run_volumes(stack, args.k, args.out, atlas=atlas, random_state=args.seed,
-                                          missing=args.missing, max_iter=args.max_iter,
-                                          min_voxels=args.min_voxels)
-    print(json.dumps(summary, indent=2, default=str))
+
+def _stability(args) -> int:
+    import numpy as np
+
+    from . import pipeline, tl
+
+    data, atlas = _load_input(args)
+    adata = data if args.cells else data.to_anndata(mask=atlas.mask if atlas is not None else None)
+    layer = None
+    if np.isnan(np.asarray(adata.X, dtype=np.float32)).any():
+        tl.impute_knn(adata)
+        layer = "imputed"
+    ks = list(range(args.k_min, args.k_max + 1))
+
+    def report(p):
+        if p.data:
+            print(f"  K={p.data['k']}: instability {p.data['instability']:.4f} ± {p.data['sd']:.4f}", flush=True)
+
+    _, summary = pipeline.run_stability(adata, ks, args.n, args.out, store=args.store, random_state=args.seed,
+                                        resample=args.resample, matching=args.matching, similarity=args.similarity,
+                                        backend=args.backend, scheduler=args.scheduler, layer=layer,
+                                        progress=report)
+    print(f"lowest instability at K = {summary['best_k']}; results in {args.out}")
     return 0
 
 
@@ -107,12 +143,30 @@ def main(argv=None) -> int:
     run.add_argument("--missing", choices=["impute", "raise", "zero"], default="impute")
     run.add_argument("--min-voxels", type=int, default=50)
     run.add_argument("--out", type=Path, required=True)
+    st = sub.add_parser("stability", help="choose K by staNMF (bootstrap instability), then fit the final model")
+    st.add_argument("--volumes", nargs="+", help="Allen energy zips or folder, .npz, .nrrd, .tif, BDGP csv")
+    st.add_argument("--cells", help="an .h5ad with obsm['spatial']")
+    st.add_argument("--atlas", help="annotation .nrrd: restrict to the brain")
+    st.add_argument("--ontology")
+    st.add_argument("--k-min", type=int, required=True)
+    st.add_argument("--k-max", type=int, required=True)
+    st.add_argument("-n", type=int, default=100, help="bootstrap replicates per K (default 100)")
+    st.add_argument("--resample", choices=["genes", "obs", "none"], default="genes")
+    st.add_argument("--matching", choices=["hungarian", "amari"], default="hungarian")
+    st.add_argument("--similarity", choices=["cosine", "pearson"], default="cosine")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--store", type=Path, help="results folder (default OUT/store); re-running resumes")
+    st.add_argument("--backend", choices=["local", "dask"], default="local")
+    st.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
+    st.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             if not args.headless and _has_display():
                 return _demo_gui()
             return _demo_headless(args.out)
+        if args.command == "stability":
+            return _stability(args)
         return _run(args)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"napari-spatial-nmf: error: {exc}", file=sys.stderr)

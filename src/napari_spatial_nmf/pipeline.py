@@ -116,3 +116,42 @@ def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 
     summary["files"] = _write(res, out, key)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return res, summary
+
+
+def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=None, random_state: int = 0,
+                  resample: str = "genes", matching: str = "hungarian", similarity: str = "cosine",
+                  backend: str = "local", scheduler=None, batch_size: int = 25, layer: str | None = None,
+                  progress=None) -> tuple[ad.AnnData, dict]:
+    """staNMF sweep + final model at the chosen K; writes ``stability.csv``,
+    ``instability.png``, ``result.h5ad``, ``gene_coefficients.csv`` and ``summary.json``.
+
+    ``store`` (default ``out/store``) keeps every finished fit: running the same command
+    again resumes where it stopped, with identical numbers.
+    """
+    from .plotting import plot_instability
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "store" if store is None else store
+    gen = tl.iter_stability(adata, k_range, n_replicates, layer=layer, resample=resample, matching=matching,
+                            similarity=similarity, random_state=random_state, batch_size=batch_size,
+                            store=store, backend=backend, scheduler=scheduler, copy=True)
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            res = stop.value
+            break
+        if progress is not None:
+            progress(p)
+    rec = res.uns["stability"]
+    table = rec["table"]
+    table.to_csv(out / "stability.csv", index=False)
+    plot_instability(table, out / "instability.png", title=f"staNMF, N = {n_replicates} ({resample} resampled)")
+    summary = {"best_k": int(rec["best_k"]), "n_replicates": n_replicates, "k_range": list(map(int, table["k"])),
+               "instability": {int(k): float(v) for k, v in zip(table["k"], table["instability"])},
+               "relative_error_final": res.uns["nmf"]["relative_error"], "random_state": random_state,
+               "store": str(store)}
+    summary["files"] = _write(res, out, "nmf")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return res, summary

@@ -92,3 +92,17 @@ def plot_cell_patterns(adata: ad.AnnData, path, *, key: str = "nmf", title: str 
         ax.invert_yaxis()
         ax.set_title(name, fontsize=8)
     return _save(fig, path, title)
+
+
+def plot_instability(table, path, *, title: str = "") -> Path:
+    """Save instability vs K with the standard-deviation bound as error bars."""
+    fig, axes = _figure(1, panel_size=(5.0, 3.2))
+    ax = axes[0]
+    ax.set_axis_on()
+    ax.errorbar(table["k"], table["instability"], yerr=table["sd"], marker="o", ms=4, capsize=2, lw=1)
+    best = int(table.loc[table["instability"].idxmin(), "k"])
+    ax.axvline(best, color="tab:red", ls=":", lw=1, label=f"lowest: K = {best}")
+    ax.set_xlabel("K (number of principal patterns)")
+    ax.set_ylabel("instability")
+    ax.legend(fontsize=8)
+    return _save(fig, path, title)

@@ -51,7 +51,7 @@ class JobRunner(QWidget):
         show_error(str(exc))
 
     def start(self, job: Generator[Progress, None, object], total: int, on_result: Callable[[object], None],
-              description: str = "") -> None:
+              description: str = "", on_data: Callable[[dict], None] | None = None) -> None:
         def run():
             return (yield from job)
 
@@ -60,6 +60,8 @@ class JobRunner(QWidget):
         self.progress.setValue(0)
         self.status.setText("running…")
         worker.yielded.connect(self._on_progress)
+        if on_data is not None:
+            worker.yielded.connect(lambda p: on_data(p.data) if isinstance(p, Progress) and p.data else None)
         worker.returned.connect(on_result)
         worker.returned.connect(self._done)
         worker.errored.connect(lambda e: self.status.setText(f"Error: {e}"))

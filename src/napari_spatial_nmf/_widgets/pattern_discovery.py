@@ -64,6 +64,21 @@ def layers_to_anndata(layers, mask_layer=None) -> ad.AnnData:
                               mask=mask, missing_value=first.metadata.get("missing_value"))
 
 
+def input_layer_choices(viewer) -> list[tuple[str, object]]:
+    """Layers NMF can take: images, and points layers backed by an AnnData."""
+    from napari.layers import Image, Points
+
+    return [(lyr.name, lyr) for lyr in viewer.layers
+            if isinstance(lyr, Image) or (isinstance(lyr, Points) and "adata" in lyr.metadata)]
+
+
+def mask_layer_choices(viewer) -> list[tuple[str, object]]:
+    """Labels layers usable as masks (label > 0 is inside)."""
+    from napari.layers import Labels
+
+    return [(lyr.name, lyr) for lyr in viewer.layers if isinstance(lyr, Labels)]
+
+
 class PatternDiscoveryWidget(QWidget):
     """Find principal patterns by NMF and add them as new layers.
 
@@ -97,15 +112,10 @@ class PatternDiscoveryWidget(QWidget):
 
     # ---------------------------------------------------------------- choices
     def _input_choices(self, _widget=None):
-        from napari.layers import Image, Points
-
-        return [(lyr.name, lyr) for lyr in self.viewer.layers
-                if isinstance(lyr, Image) or (isinstance(lyr, Points) and "adata" in lyr.metadata)]
+        return input_layer_choices(self.viewer)
 
     def _mask_choices(self, _widget=None):
-        from napari.layers import Labels
-
-        return [(lyr.name, lyr) for lyr in self.viewer.layers if isinstance(lyr, Labels)]
+        return mask_layer_choices(self.viewer)
 
     def _refresh(self, _event=None):
         self.form.reset_choices()
@@ -113,41 +123,16 @@ class PatternDiscoveryWidget(QWidget):
     # ---------------------------------------------------------------- run
     def _prepare(self):
         """Build the job from the form; raises on bad input before anything runs."""
-        from napari.layers import Points
-
-        layers = list(self.inputs.value)
-        if not layers:
-            raise ValueError("Choose at least one input layer (image layers, a gene stack or a points layer).")
-        points = [lyr for lyr in layers if isinstance(lyr, Points)]
-        if points and len(layers) > 1:
-            raise ValueError("Choose either image layers or one points layer, not both.")
-        missing = MISSING_CHOICES[self.missing.value]
-        if points:
-            source = points[0]
-            adata = source.metadata["adata"]
-            check_cells(adata, spatial_key=source.metadata.get("spatial_key", "spatial"))
-            adata = adata.copy()  # results go to a new AnnData; the layer's stays as it was
-        else:
-            source = layers[0]
-            adata = layers_to_anndata(layers, self.mask.value)
         k = int(self.n_components.value)
-        has_nan = bool(np.isnan(np.asarray(adata.X, dtype=np.float32)).any())
-        tl.check_nmf_input(adata, k, missing="zero" if missing == "impute" else missing)
-        impute = missing == "impute" and has_nan
-        if impute and "spatial" not in adata.obsm:
-            raise ValueError("k-NN imputation needs coordinates; choose another missing-value option.")
+        adata, source, is_points, layer_job = build_input(
+            list(self.inputs.value), self.mask.value, MISSING_CHOICES[self.missing.value], k)
         kwargs = {"random_state": int(self.seed.value), "max_iter": int(self.max_iter.value)}
-        nmf_missing = "raise" if missing == "impute" else missing  # imputed data have no NaN left
 
         def job():
-            layer = None
-            if impute:
-                yield Progress(0, kwargs["max_iter"], "imputing missing values (k-NN, k=6)…")
-                tl.impute_knn(adata)
-                layer = "imputed"
-            return (yield from tl.iter_nmf(adata, k, layer=layer, missing=nmf_missing, **kwargs))
+            layer, missing = yield from layer_job()
+            return (yield from tl.iter_nmf(adata, k, layer=layer, missing=missing, **kwargs))
 
-        return job(), kwargs["max_iter"], source, bool(points)
+        return job(), kwargs["max_iter"], source, is_points
 
     def run(self) -> None:
         """Start NMF in a worker thread (the Run button)."""
@@ -163,9 +148,52 @@ class PatternDiscoveryWidget(QWidget):
 
     def _add_layers(self, adata: ad.AnnData, source, is_points: bool) -> None:
         self.result = adata
-        if is_points:
-            data, kwargs, _ = cell_pattern_layer(adata, name=f"{source.name} NMF weights")
-            self.viewer.add_points(data, **kwargs)
-            return
-        for data, kwargs, _ in pattern_layers(adata, source=source.name):
-            self.viewer.add_image(data, **kwargs)
+        add_result_layers(self.viewer, adata, source, is_points)
+
+
+def build_input(layers, mask_layer, missing: str, n_components: int):
+    """Turn the chosen layers into a new AnnData and check it for NMF at K = n_components.
+
+    Returns ``(adata, source_layer, is_points, prepare)``; ``prepare()`` is a generator that
+    imputes missing values if asked (k-NN, k=6) and returns ``(layer, missing)`` for
+    :func:`napari_spatial_nmf.tl.iter_nmf`. Raises ValueError / KeyError / TypeError on bad
+    input, before anything runs. The layers and their AnnData are never modified.
+    """
+    from napari.layers import Points
+
+    if not layers:
+        raise ValueError("Choose at least one input layer (image layers, a gene stack or a points layer).")
+    points = [lyr for lyr in layers if isinstance(lyr, Points)]
+    if points and len(layers) > 1:
+        raise ValueError("Choose either image layers or one points layer, not both.")
+    if points:
+        source = points[0]
+        check_cells(source.metadata["adata"], spatial_key=source.metadata.get("spatial_key", "spatial"))
+        adata = source.metadata["adata"].copy()  # results go to a new AnnData
+    else:
+        source = layers[0]
+        adata = layers_to_anndata(layers, mask_layer)
+    has_nan = bool(np.isnan(np.asarray(adata.X, dtype=np.float32)).any())
+    tl.check_nmf_input(adata, n_components, missing="zero" if missing == "impute" else missing)
+    impute = missing == "impute" and has_nan
+    if impute and "spatial" not in adata.obsm:
+        raise ValueError("k-NN imputation needs coordinates; choose another missing-value option.")
+
+    def prepare():
+        if impute:
+            yield Progress(0, 1, "imputing missing values (k-NN, k=6)…")
+            tl.impute_knn(adata)
+            return "imputed", "raise"
+        return None, "raise" if missing == "impute" else missing
+
+    return adata, source, bool(points), prepare
+
+
+def add_result_layers(viewer, adata: ad.AnnData, source, is_points: bool, key: str = "nmf") -> None:
+    """Add an NMF result as new layers: one Image per pattern, or a Points layer of weights."""
+    if is_points:
+        data, kwargs, _ = cell_pattern_layer(adata, key, name=f"{source.name} NMF weights")
+        viewer.add_points(data, **kwargs)
+        return
+    for data, kwargs, _ in pattern_layers(adata, key, source=source.name):
+        viewer.add_image(data, **kwargs)

@@ -14,9 +14,10 @@ W then H) run for all replicates together with batched matmul, and Nesterov-type
 extrapolation with restart (Ang & Gillis 2019, Neural Computation 31:417) cuts the number
 of passes over X.
 
-Initialisation mirrors scikit-learn's NNDSVDa on the resampled matrix (Boutsidis &
-Gallopoulos 2008), from an exact weighted SVD that is computed once per replicate and
-reused for every K; "random" mirrors scikit-learn's random init (staNMF's random restarts).
+Initialisation is scikit-learn's NNDSVDa on the resampled matrix (Boutsidis & Gallopoulos
+2008), computed from the weights (:func:`weighted_svd`, :func:`nndsvda_weighted`); "random"
+is scikit-learn's random init (staNMF's random restarts). With the default settings every
+replicate follows scikit-learn's own iterations; only the matrix products are shared.
 """
 
 from __future__ import annotations
@@ -30,47 +31,29 @@ from sklearn.utils.extmath import randomized_svd
 
 from ._progress import Progress
 
-_GRAM_MAX = 3000  # exact SVD through the Gram matrix of the smaller side up to this size
-
-
 @dataclass
 class ReplicateSVD:
-    """Top singular triplets of R^1/2 X C^1/2 for one replicate (reused for every K)."""
+    """Top singular triplets of R^1/2 X C^1/2 for one replicate."""
 
     U: np.ndarray  # (n, k)
     S: np.ndarray  # (k,)
     V: np.ndarray  # (m, k)
 
 
-def weighted_svd(X: np.ndarray, row_w: np.ndarray, col_w: np.ndarray, k: int, seed: int) -> ReplicateSVD:
-    """Top-k SVD of ``diag(sqrt(row_w)) X diag(sqrt(col_w))`` (float64).
+def weighted_svd(X: np.ndarray, row_w: np.ndarray, col_w: np.ndarray, k: int, random_state) -> ReplicateSVD:
+    """scikit-learn's randomized SVD of the resampled matrix, computed from the weights.
 
-    Exact (eigendecomposition of the Gram matrix of the smaller side) when that side has at
-    most 3,000 entries; otherwise scikit-learn's randomized SVD seeded with ``seed``.
+    scikit-learn's NNDSVD runs ``randomized_svd(A, k, random_state=random_state)`` on the
+    resampled copy A (genes x observations, as osNMF fits). Its random test matrix lives on
+    the observation side, and the power iterations only see A^T A = X^T C X, which the
+    weighted matrix C^1/2 X^T shares; so the same call on the weighted matrix spans the
+    same subspace and gives the same singular triplets, up to rounding (NNDSVD does not
+    depend on their signs).
     """
     rs, cs = np.sqrt(row_w.astype(np.float64)), np.sqrt(col_w.astype(np.float64))
-    n, m = X.shape
-    if min(n, m) <= _GRAM_MAX:
-        if n <= m:
-            M = X * cs  # rows scaled later
-            G = (rs[:, None] * (M @ M.T)) * rs[None, :]
-            ev, U = np.linalg.eigh(G)
-            order = np.argsort(ev)[::-1][:k]
-            S = np.sqrt(np.maximum(ev[order], 0))
-            U = U[:, order]
-            V = ((X.T * rs) @ U * cs[:, None]) / np.where(S > 0, S, 1)
-        else:
-            M = X * rs[:, None]
-            G = (cs[:, None] * (M.T @ M)) * cs[None, :]
-            ev, V = np.linalg.eigh(G)
-            order = np.argsort(ev)[::-1][:k]
-            S = np.sqrt(np.maximum(ev[order], 0))
-            V = V[:, order]
-            U = (rs[:, None] * ((X * cs) @ V)) / np.where(S > 0, S, 1)
-        return ReplicateSVD(U, S, V)
-    M = (X * rs[:, None]) * cs[None, :]
-    U, S, Vt = randomized_svd(M, k, random_state=seed)
-    return ReplicateSVD(U, S, Vt.T)
+    M = (X * rs[:, None] * cs[None, :]).T  # genes x observations, weighted
+    U, S, Vt = randomized_svd(M, k, random_state=random_state)
+    return ReplicateSVD(Vt.T, S, U)
 
 
 def nndsvda_weighted(X, row_w, col_w, svd: ReplicateSVD, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,39 +112,48 @@ class BatchResult:
     W : numpy.ndarray, float32, (R, n_obs, K)   the dictionaries (principal patterns)
     H : numpy.ndarray, float32, (R, K, n_genes) the coefficients
     objective : numpy.ndarray, float64, (R,)    weighted squared Frobenius error
-    n_iter : int                                passes over X
+    n_iter : numpy.ndarray, int, (R,)           passes each replicate ran
     """
 
     W: np.ndarray
     H: np.ndarray
     objective: np.ndarray
-    n_iter: int
+    n_iter: np.ndarray
 
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
-def _hals_rows(M, G, Z, sweeps):  # pragma: no cover - compiled
-    """HALS sweeps over the K rows of M (R, K, p) in place: for each replicate r and row t,
-    M[r, t] = max(0, M[r, t] - (G[r, t] @ M[r] - Z[r, t]) / G[r, t, t]), the exact minimiser
-    of 1/2 tr(M^T G M) - tr(M^T Z) over that row with the others fixed (Cichocki & Phan 2009).
-    Replicates run in parallel; one replicate's K x p block stays in cache."""
+def _hals_rows(M, G, Z, sweeps, active, violation, vweight):  # pragma: no cover - compiled
+    """HALS sweeps over the K rows of M (R, K, p) in place: for each active replicate r and
+    row t, M[r, t] = max(0, M[r, t] - (G[r, t] @ M[r] - Z[r, t]) / G[r, t, t]), the exact
+    minimiser over that row with the others fixed (Cichocki & Phan 2009; scikit-learn's
+    ``_update_cdnmf_fast``). The first sweep adds the projected-gradient violation of each
+    replicate to ``violation[r]``, entry j counted ``vweight[r, j]`` times (its copies in
+    the resampled matrix: scikit-learn's stopping criterion). Replicates run in
+    parallel; one replicate's K x p block stays in cache."""
     R, K, p = M.shape
     for r in numba.prange(R):
+        if not active[r]:
+            continue
         g = np.empty(p, dtype=M.dtype)
-        for _ in range(sweeps):
+        for sweep in range(sweeps):
+            viol = 0.0
             for t in range(K):
-                d = G[r, t, t]
-                if d <= 0:
-                    continue
                 for j in range(p):
                     g[j] = -Z[r, t, j]
                 for k in range(K):  # contiguous inner loops: SIMD over j
                     c = G[r, t, k]
                     for j in range(p):
                         g[j] += c * M[r, k, j]
-                inv = 1.0 / d
+                d = G[r, t, t]
                 for j in range(p):
-                    v = M[r, t, j] - g[j] * inv
-                    M[r, t, j] = v if v > 0 else 0.0
+                    m = M[r, t, j]
+                    pg = (g[j] if g[j] < 0 else 0.0) if m == 0 else g[j]
+                    viol += abs(pg) * vweight[r, j]
+                    if d > 0:
+                        v = m - g[j] / d
+                        M[r, t, j] = v if v > 0 else 0.0
+            if sweep == 0:
+                violation[r] += viol
 
 
 def iter_fit_batch(
@@ -172,11 +164,16 @@ def iter_fit_batch(
     row_w: np.ndarray | None = None,
     col_w: np.ndarray | None = None,
     max_iter: int = 200,
-    tol: float = 1e-5,
-    extrapolate: bool = True,
-    inner: int = 3,
+    tol: float = 1e-4,
+    extrapolate: bool = False,
+    inner: int = 1,
 ) -> Generator[Progress, None, BatchResult]:
     """Fit R weighted NMF replicates of X together; one yield per pass.
+
+    With the defaults this is scikit-learn's ``NMF(solver="cd")`` for every replicate:
+    one HALS sweep over W then over H per pass, and a replicate stops when its projected-
+    gradient violation falls below ``tol`` times that of its first pass (or after
+    ``max_iter`` passes); only the products are batched and run in float32.
 
     Parameters
     ----------
@@ -186,14 +183,14 @@ def iter_fit_batch(
     row_w, col_w : numpy.ndarray, (R, n) and (R, m), optional
         Integer bootstrap counts (default all ones).
     max_iter : int
-        Maximum passes.
+        Maximum passes (scikit-learn's default 200).
     tol : float
-        Stop when every replicate's relative objective decrease over a pass is below tol.
+        scikit-learn's tolerance on the violation ratio (1e-4).
     extrapolate : bool
-        Nesterov-type extrapolation with restart (Ang & Gillis 2019).
+        Nesterov-type extrapolation with restart (Ang & Gillis 2019): fewer passes, but not
+        scikit-learn's iterates.
     inner : int
-        HALS sweeps per half-step: they reuse the pass's matrix product, so a second sweep
-        costs a fraction of a pass (Gillis & Glineur 2012, Neural Computation 24:1085).
+        HALS sweeps per half-step (Gillis & Glineur 2012); 1 is scikit-learn's.
     """
     X = np.ascontiguousarray(X, dtype=np.float32)
     XT = np.ascontiguousarray(X.T)
@@ -203,32 +200,40 @@ def iter_fit_batch(
     cw = np.ones((R, m), np.float32) if col_w is None else col_w.astype(np.float32)
     Wt = np.ascontiguousarray(W0.transpose(0, 2, 1), dtype=np.float32)  # (R, K, n): rows = patterns
     H = np.array(H0, dtype=np.float32)                                   # (R, K, m)
-    Wy, Hy = Wt.copy(), H.copy()
+    Wy, Hy = Wt, H
     x2 = np.einsum("rn,nm,rm->r", rw.astype(np.float64), X.astype(np.float64) ** 2, cw.astype(np.float64))
     beta = np.full(R, 0.5, np.float32)
     beta_cap = np.ones(R, np.float32)
     best = np.full(R, np.inf)
-    prev = np.full(R, np.inf)
-    obj = best
+    active = np.ones(R, dtype=np.bool_)
+    viol_init = np.zeros(R)
+    n_iter = np.zeros(R, dtype=np.int64)
     it = 0
     for it in range(1, max_iter + 1):
-        # W step: min_W sum_j c_j ||x_j - W h_j||^2 (the row weights factor out)
-        HC = Hy * cw[:, None, :]
-        At = (HC.reshape(R * K, m) @ XT).reshape(R, K, n)  # one wide GEMM for all replicates
-        Wn = Wy.copy()
-        _hals_rows(Wn, np.matmul(HC, Hy.transpose(0, 2, 1)), At, inner)
-        # H step: min_H sum_i r_i ||x_i - w_i H||^2
-        WR = Wn * rw[:, None, :]
+        violation = np.zeros(R)
+        # scikit-learn fits the genes x observations copy and updates the gene side first.
+        # H step: min_H sum_i r_i ||x_i - w_i H||^2 (each gene's NNLS; copies count c_j times)
+        WR = Wy * rw[:, None, :]
         P = (WR.reshape(R * K, n) @ X).reshape(R, K, m)     # one wide GEMM for all replicates
-        Q = np.matmul(WR, Wn.transpose(0, 2, 1))
-        Hn = Hy.copy()
-        _hals_rows(Hn, Q, P, inner)
-        HnC = Hn * cw[:, None, :]
-        obj = x2 - 2 * np.einsum("rkm,rkm->r", HnC, P, dtype=np.float64) \
-            + np.einsum("rkl,rkl->r", Q, np.matmul(HnC, Hn.transpose(0, 2, 1)), dtype=np.float64)
+        Hn = Hy.copy() if extrapolate else Hy
+        _hals_rows(Hn, np.matmul(WR, Wy.transpose(0, 2, 1)), P, inner, active, violation, cw)
+        # W step: min_W sum_j c_j ||x_j - W h_j||^2 (the dictionary; row weights factor out)
+        HC = Hn * cw[:, None, :]
+        At = (HC.reshape(R * K, m) @ XT).reshape(R, K, n)  # one wide GEMM for all replicates
+        Wn = Wy.copy() if extrapolate else Wy
+        _hals_rows(Wn, np.matmul(HC, Hn.transpose(0, 2, 1)), At, inner, active, violation, rw)
+        n_iter[active] = it
+        if it == 1:
+            viol_init = violation.copy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            done = (viol_init == 0) | (violation / np.where(viol_init > 0, viol_init, 1) <= tol)
         if extrapolate:
+            WnR = Wn * rw[:, None, :]
+            obj = x2 - 2 * np.einsum("rkn,rkn->r", WnR, At, dtype=np.float64) \
+                + np.einsum("rkl,rkl->r", np.matmul(WnR, Wn.transpose(0, 2, 1)),
+                            np.matmul(HC, Hn.transpose(0, 2, 1)), dtype=np.float64)
             ok = obj <= best
-            b = np.where(ok, beta, 0).astype(np.float32)[:, None, None]
+            b = np.where(ok & active, beta, 0).astype(np.float32)[:, None, None]
             Wy = np.maximum(Wn + b * (Wn - Wt), 0)
             Hy = np.maximum(Hn + b * (Hn - H), 0)
             beta_cap = np.where(ok, np.minimum(1.0, beta_cap * 1.005), beta).astype(np.float32)
@@ -237,10 +242,15 @@ def iter_fit_batch(
         else:
             Wy, Hy = Wn, Hn
         Wt, H = Wn, Hn
-        yield Progress(it, max_iter, f"pass {it}/{max_iter}")
-        rel = (prev - obj) / np.maximum(np.abs(obj), 1e-30)
-        if it > 10 and np.all(rel < tol):
+        active &= ~done
+        yield Progress(it, max_iter, f"pass {it}/{max_iter}, {int(active.sum())}/{R} replicates still improving")
+        if not active.any():
             break
-        prev = obj
     W = np.ascontiguousarray(Wt.transpose(0, 2, 1))
-    return BatchResult(W, H, obj, it)  # obj is that of (W, H)
+    HC = H * cw[:, None, :]
+    WR = Wt * rw[:, None, :]
+    P = (WR.reshape(R * K, n) @ X).reshape(R, K, m)
+    Q = np.matmul(WR, Wt.transpose(0, 2, 1))
+    obj = x2 - 2 * np.einsum("rkm,rkm->r", HC, P, dtype=np.float64) \
+        + np.einsum("rkl,rkl->r", Q, np.matmul(HC, H.transpose(0, 2, 1)), dtype=np.float64)
+    return BatchResult(W, H, obj, n_iter)

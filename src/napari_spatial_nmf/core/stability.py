@@ -125,30 +125,25 @@ def _weights(shape, resample, replicate, seed):
 
 
 def fit_replicates(X: np.ndarray, k: int, replicates: Sequence[int], *, resample: str = "genes",
-                   seed: int = 0, max_iter: int = 200, tol: float = 1e-4,
-                   svd_cache: dict | None = None, svd_rank: int | None = None
+                   seed: int = 0, max_iter: int = 200, tol: float = 1e-4
                    ) -> Generator[Progress, None, BatchResult]:
     """Fit the given bootstrap replicates at one K together (see :mod:`.batched`).
 
-    Replicates are independent of each other and of the batch they are fitted in only up to
-    floating-point summation order, so the sweep always fits the same fixed batches (a
-    resumed or distributed sweep gives identical numbers).
+    Replicate b draws its bootstrap sample with seed + b; the NNDSVDa initialisation uses
+    ``random_state=seed`` for every replicate (osNMF fixes scikit-learn's random_state, so
+    all variation comes from the bootstrap); with ``resample="none"`` replicate b starts from
+    scikit-learn's random init with seed + b (staNMF's random restarts). The sweep always
+    fits the same fixed batches, so a resumed or distributed sweep gives identical numbers.
     """
     X32 = np.ascontiguousarray(X, dtype=np.float32)
     X64 = X.astype(np.float64)
     W0, H0, RW, CW = [], [], [], []
     for b in replicates:
         rw, cw = _weights(X.shape, resample, b, seed)
-        if resample == "none":  # staNMF 2016: random restarts, one seed per replicate
+        if resample == "none":
             w, h = random_init(X64, k, seed + b)
         else:
-            key = int(b)
-            svd = None if svd_cache is None else svd_cache.get(key)
-            if svd is None or svd.S.size < k:
-                svd = weighted_svd(X64, rw, cw, max(k, svd_rank or k), seed + b)
-                if svd_cache is not None:
-                    svd_cache[key] = svd
-            w, h = nndsvda_weighted(X64, rw, cw, svd, k)
+            w, h = nndsvda_weighted(X64, rw, cw, weighted_svd(X64, rw, cw, k, seed), k)
         W0.append(w)
         H0.append(h)
         RW.append(rw)
@@ -241,8 +236,11 @@ class StabilityResult:
 
 
 def check_stability_input(X, k_range, n_replicates: int, resample: str, matching: str,
-                          similarity: str) -> tuple[np.ndarray, list[int]]:
+                          similarity: str, *, check_values: bool = True) -> tuple[np.ndarray, list[int]]:
     """Validate a sweep's input (cheap; raises before any fit).
+
+    With ``check_values=False`` only the shape, K range, N and options are checked (for data
+    that will be imputed first).
 
     Raises
     ------
@@ -250,7 +248,7 @@ def check_stability_input(X, k_range, n_replicates: int, resample: str, matching
         K outside [2, min(n_obs, n_genes)], fewer than 2 replicates, non-finite or negative
         values, all-zero rows or columns, unknown options.
     """
-    X = as_float_matrix(X)
+    X = as_float_matrix(X) if check_values else np.asarray(X)
     for name, value, options in (("resample", resample, RESAMPLING), ("matching", matching, MATCHINGS),
                                  ("similarity", similarity, SIMILARITIES)):
         if value not in options:
@@ -261,6 +259,8 @@ def check_stability_input(X, k_range, n_replicates: int, resample: str, matching
         raise ValueError(f"Every K must lie in [2, min(n_obs, n_genes)] = [2, {k_max}]; got {ks[:3]}…{ks[-3:]}.")
     if int(n_replicates) < 2:
         raise ValueError(f"The instability compares replicates: n_replicates must be >= 2; got {n_replicates}.")
+    if not check_values:
+        return X, ks
     zero_rows = np.flatnonzero(~X.any(axis=1))
     zero_cols = np.flatnonzero(~X.any(axis=0))
     if zero_rows.size or zero_cols.size:
@@ -330,7 +330,8 @@ def iter_stability(
     X, ks = check_stability_input(X, k_range, n_replicates, resample, matching, similarity)
     params = {"k_range": ks, "n_replicates": int(n_replicates), "resample": resample, "matching": matching,
               "similarity": similarity, "seed": int(seed), "batch_size": int(batch_size),
-              "max_iter": int(max_iter), "tol": float(tol), "solver": "batched HALS + extrapolation, float32"}
+              "max_iter": int(max_iter), "tol": float(tol),
+              "solver": "scikit-learn CD (HALS) iterations, replicates batched, float32 products"}
     fit_params = {k: params[k] for k in ("resample", "seed", "max_iter", "tol", "batch_size",
                                          "n_replicates", "k_range")}
     st = StabilityStore(store, fit_params, fingerprint(X)) if store is not None else None
@@ -341,12 +342,11 @@ def _batches(n_replicates: int, batch_size: int) -> list[list[int]]:
     return [list(range(s, min(s + batch_size, n_replicates))) for s in range(0, n_replicates, batch_size)]
 
 
-def _run_batch(X, k, reps, resample, seed, max_iter, tol, svd_rank):
+def _run_batch(X, k, reps, resample, seed, max_iter, tol):
     """One (K, batch) task: plain function, so dask can ship it (drains the generator)."""
     from ._progress import drain
 
-    res = drain(fit_replicates(X, k, reps, resample=resample, seed=seed, max_iter=max_iter, tol=tol,
-                               svd_rank=svd_rank))
+    res = drain(fit_replicates(X, k, reps, resample=resample, seed=seed, max_iter=max_iter, tol=tol))
     return k, reps, res.W, res.objective, res.n_iter
 
 
@@ -370,7 +370,7 @@ def _sweep(X, ks, N, params, store, backend, scheduler):
         for i, b in enumerate(reps):
             dicts[k][b] = W[i]
             if store is not None:
-                store.save(k, b, W[i], obj[i], n_iter)
+                store.save(k, b, W[i], obj[i], int(n_iter[i]))
         done += len(reps)
 
     def score(k):
@@ -386,12 +386,10 @@ def _sweep(X, ks, N, params, store, backend, scheduler):
         if p is not None:
             yield p
     yield Progress(done, total, f"{done}/{total} fits already in the store" if done else "starting")
-    svd_rank = max(ks)
     if backend == "local":
-        cache: dict = {}
         for k, reps in todo:
             gen = fit_replicates(X, k, reps, resample=params["resample"], seed=params["seed"],
-                                 max_iter=params["max_iter"], tol=params["tol"], svd_cache=cache, svd_rank=svd_rank)
+                                 max_iter=params["max_iter"], tol=params["tol"])
             while True:
                 try:
                     p = next(gen)
@@ -403,13 +401,13 @@ def _sweep(X, ks, N, params, store, backend, scheduler):
             p = score(k)
             yield p if p is not None else Progress(done, total, f"K={k}: {done}/{total} fits")
     else:
-        yield from _dask_sweep(X, todo, params, svd_rank, scheduler, finish, score, lambda: (done, total))
+        yield from _dask_sweep(X, todo, params, scheduler, finish, score, lambda: (done, total))
     table = pd.DataFrame([{"k": k, "instability": rows[k][0], "sd": rows[k][1], "n_replicates": N} for k in ks])
     best = int(table.loc[table["instability"].idxmin(), "k"])
     return StabilityResult(table, best, params)
 
 
-def _dask_sweep(X, todo, params, svd_rank, scheduler, finish, score, counts):
+def _dask_sweep(X, todo, params, scheduler, finish, score, counts):
     from dask.distributed import Client, LocalCluster, as_completed
 
     own = None
@@ -424,7 +422,7 @@ def _dask_sweep(X, todo, params, svd_rank, scheduler, finish, score, counts):
     try:
         Xf = client.scatter(X, broadcast=True)
         futures = [client.submit(_run_batch, Xf, k, reps, params["resample"], params["seed"], params["max_iter"],
-                                 params["tol"], svd_rank, pure=False) for k, reps in todo]
+                                 params["tol"], pure=False) for k, reps in todo]
         try:
             for fut in as_completed(futures):
                 k, reps, W, obj, n_iter = fut.result()
