@@ -11,6 +11,7 @@ docs/stability.md): their solver was SPAMS online dictionary learning with unit-
     .venv/bin/python benchmarks/wu2016_bdgp.py
 """
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -27,12 +28,17 @@ SCHEMES = {
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=100)
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    args = ap.parse_args()
     X = bdgp_matrix()
     ks = list(range(15, 31))
-    out = {}
-    for name, scheme in SCHEMES.items():
+    out = {"n_replicates": args.n}
+    for name in args.schemes:
+        scheme = SCHEMES[name]
         t = time.perf_counter()
-        res = drain(iter_stability(X, ks, 100, batch_size=50, **scheme))
+        res = drain(iter_stability(X, ks, args.n, batch_size=50, **scheme))
         out[name] = {"scheme": scheme, "seconds": time.perf_counter() - t, "best_k": res.best_k,
                      "table": res.table.to_dict(orient="records")}
         print(name, res.best_k, f"{out[name]['seconds']:.0f} s", flush=True)

@@ -194,7 +194,7 @@ def test_stability_dock_refuses_bad_k_range(make_napari_viewer):
     w.k_min.value, w.k_max.value = 2, 4  # two genes: K <= 2
     w.run()
     assert not w.runner.running and "min(n_obs, n_genes)" in w.runner.status.text()
-    w.k_min.value, w.k_max.value = 2, 1
+    w.k_min.value, w.k_max.value = 5, 3
     w.run()
     assert "must not exceed" in w.runner.status.text() and w.plot.points == {}
 
