@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import tl
+from .core._progress import drain
 from .io import Atlas, Stack
 from .plotting import plot_cell_patterns, plot_patterns
 
@@ -136,14 +137,7 @@ def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=N
     gen = tl.iter_stability(adata, k_range, n_replicates, layer=layer, resample=resample, matching=matching,
                             similarity=similarity, random_state=random_state, batch_size=batch_size,
                             store=store, backend=backend, scheduler=scheduler, copy=True)
-    while True:
-        try:
-            p = next(gen)
-        except StopIteration as stop:
-            res = stop.value
-            break
-        if progress is not None:
-            progress(p)
+    res = drain(gen, progress)
     rec = res.uns["stability"]
     table = rec["table"]
     table.to_csv(out / "stability.csv", index=False)

@@ -31,10 +31,23 @@ class Progress:
     data: dict | None = None
 
 
-def drain(gen: Generator[Progress, None, T]) -> T:
-    """Run a core generator to the end and return its result (the blocking twin)."""
+def drain(gen: Generator[Progress, None, T], on_progress=None) -> T:
+    """Run a core generator to the end and return its result (the blocking twin);
+    ``on_progress(p)`` is called with every :class:`Progress` on the way."""
     while True:
         try:
-            next(gen)
+            p = next(gen)
         except StopIteration as stop:
             return stop.value
+        if on_progress is not None:
+            on_progress(p)
+
+
+def relay(gen: Generator[Progress, None, T], fn) -> Generator[Progress, None, T]:
+    """Yield ``fn(p)`` for every progress record of ``gen``; return its result."""
+    while True:
+        try:
+            p = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield fn(p)

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from ._progress import Progress
+from ._progress import Progress, relay
 from ._validation import as_float_matrix
 from .batched import BatchResult, iter_fit_batch, nndsvda_weighted, random_init, weighted_svd
 
@@ -390,13 +390,8 @@ def _sweep(X, ks, N, params, store, backend, scheduler):
         for k, reps in todo:
             gen = fit_replicates(X, k, reps, resample=params["resample"], seed=params["seed"],
                                  max_iter=params["max_iter"], tol=params["tol"])
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    res = stop.value
-                    break
-                yield Progress(done, total, f"K={k}, replicates {reps[0]}–{reps[-1]}: {p.message}")
+            res = yield from relay(gen, lambda p, k=k, reps=reps: Progress(
+                done, total, f"K={k}, replicates {reps[0]}–{reps[-1]}: {p.message}"))
             finish(k, reps, res.W, res.objective, res.n_iter)
             p = score(k)
             yield p if p is not None else Progress(done, total, f"K={k}: {done}/{total} fits")
