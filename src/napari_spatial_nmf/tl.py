@@ -51,7 +51,7 @@ def _matrix(adata: ad.AnnData, layer: str | None) -> np.ndarray:
     return np.asarray(X)
 
 
-def pattern_names(key: str, k: int) -> list[str]:
+def pattern_names(k: int) -> list[str]:
     """Names of the K patterns of a result: ``PP1`` ... ``PPK`` (1-based, as in the papers)."""
     return [f"PP{i + 1}" for i in range(k)]
 
@@ -108,7 +108,7 @@ def iter_nmf(
         out.varm[f"{key_added}_coefficients"] = res.coefficients.T.astype(np.float32)
         rec = provenance("nmf", params)
         rec.update({
-            "pattern_names": pattern_names(key_added, res.patterns.shape[1]),
+            "pattern_names": pattern_names(res.patterns.shape[1]),
             "n_iter": res.n_iter,
             "converged": res.converged,
             "reconstruction_err": res.reconstruction_err,
@@ -237,7 +237,7 @@ def region_correlation(
         if f"X_{key}" not in adata.obsm:
             raise KeyError(f"No obsm['X_{key}']: run tl.nmf(adata, ..., key_added={key!r}) first.")
         values = np.asarray(adata.obsm[f"X_{key}"])
-        names = adata.uns.get(key, {}).get("pattern_names", pattern_names(key, values.shape[1]))
+        names = adata.uns.get(key, {}).get("pattern_names", pattern_names(values.shape[1]))
     grid = _grid.grid_of(adata)
     if grid.shape != tuple(np.shape(annotation)):
         raise ValueError(

@@ -156,6 +156,13 @@ def _hals_rows(M, G, Z, sweeps, active, violation, vweight):  # pragma: no cover
                 violation[r] += viol
 
 
+def _objective(x2, A, B, G1, G2) -> np.ndarray:
+    """Weighted squared error per replicate from cached products:
+    x2 - 2 <A, B> + <G1, G2> (A, B a cross term and its factor; G1, G2 the two Grams)."""
+    return x2 - 2 * np.einsum("rkp,rkp->r", A, B, dtype=np.float64) \
+        + np.einsum("rkl,rkl->r", G1, G2, dtype=np.float64)
+
+
 def iter_fit_batch(
     X: np.ndarray,
     W0: np.ndarray,
@@ -229,9 +236,8 @@ def iter_fit_batch(
             done = (viol_init == 0) | (violation / np.where(viol_init > 0, viol_init, 1) <= tol)
         if extrapolate:
             WnR = Wn * rw[:, None, :]
-            obj = x2 - 2 * np.einsum("rkn,rkn->r", WnR, At, dtype=np.float64) \
-                + np.einsum("rkl,rkl->r", np.matmul(WnR, Wn.transpose(0, 2, 1)),
-                            np.matmul(HC, Hn.transpose(0, 2, 1)), dtype=np.float64)
+            obj = _objective(x2, WnR, At, np.matmul(WnR, Wn.transpose(0, 2, 1)),
+                             np.matmul(HC, Hn.transpose(0, 2, 1)))
             ok = obj <= best
             b = np.where(ok & active, beta, 0).astype(np.float32)[:, None, None]
             Wy = np.maximum(Wn + b * (Wn - Wt), 0)
@@ -250,7 +256,5 @@ def iter_fit_batch(
     HC = H * cw[:, None, :]
     WR = Wt * rw[:, None, :]
     P = (WR.reshape(R * K, n) @ X).reshape(R, K, m)
-    Q = np.matmul(WR, Wt.transpose(0, 2, 1))
-    obj = x2 - 2 * np.einsum("rkm,rkm->r", HC, P, dtype=np.float64) \
-        + np.einsum("rkl,rkl->r", Q, np.matmul(HC, H.transpose(0, 2, 1)), dtype=np.float64)
+    obj = _objective(x2, HC, P, np.matmul(WR, Wt.transpose(0, 2, 1)), np.matmul(HC, H.transpose(0, 2, 1)))
     return BatchResult(W, H, obj, n_iter)

@@ -136,7 +136,7 @@ def fit_replicates(X: np.ndarray, k: int, replicates: Sequence[int], *, resample
     fits the same fixed batches, so a resumed or distributed sweep gives identical numbers.
     """
     X32 = np.ascontiguousarray(X, dtype=np.float32)
-    X64 = X.astype(np.float64)
+    X64 = np.asarray(X, dtype=np.float64)  # no copy when the sweep's matrix is float64 already
     W0, H0, RW, CW = [], [], [], []
     for b in replicates:
         rw, cw = _weights(X.shape, resample, b, seed)
