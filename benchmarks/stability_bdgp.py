@@ -24,10 +24,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from benchmarks_common import bdgp_matrix
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import NMF
-
-from benchmarks_common import bdgp_matrix
 
 from napari_spatial_nmf.core import drain
 from napari_spatial_nmf.core.stability import iter_stability

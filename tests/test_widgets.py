@@ -19,7 +19,7 @@ def _wait(qtbot, runner, timeout=60_000):
 
 
 @pytest.mark.parametrize("key, kinds", [("allen_200um", ["labels", "image"]), ("bdgp", ["image"]),
-                                        ("osmfish", ["points"])])
+                                        ("osmfish", ["points"]), ("starmap_3d", ["points"])])
 def test_samples_open(make_napari_viewer, key, kinds):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, key)
@@ -211,3 +211,57 @@ def test_stability_dock_cancel(make_napari_viewer, qtbot):
     w.runner.cancel()
     _wait(qtbot, w.runner, timeout=10_000)
     assert time.perf_counter() - t0 < 2.0 and w.result is None and len(viewer.layers) == 1
+
+
+def test_nnmf_dock_on_osmfish(make_napari_viewer, qtbot):
+    from napari_spatial_nmf._widgets.nnmf import NNMFWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "osmfish")
+    cells = viewer.layers["osmFISH cells"]
+    adata = cells.metadata["adata"]
+    obsm_before, x_before = set(adata.obsm), np.asarray(adata.X).copy()
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Neighbourhood NMF (cells)")
+    assert isinstance(w, NNMFWidget)
+    w.cells.value = cells
+    w.estimate()
+    _wait(qtbot, w.runner)
+    assert w.curve is not None and w.lengthscale.value > 0
+    w.n_components.value = 6
+    w.max_iter.value = 100
+    w.run()
+    _wait(qtbot, w.runner)
+    weights = viewer.layers["osmFISH cells NNMF weights"]
+    domains = viewer.layers["osmFISH cells NNMF domains"]
+    assert {"S1", "S6", "domain"} <= set(weights.features.columns)
+    assert len(weights.data) == adata.n_obs and len(domains.data) == adata.n_obs
+    assert w.table.rowCount() == 60
+    assert w.result.uns["nnmf"]["lengthscale"] == pytest.approx(w.lengthscale.value)
+    w.color_by.value = "S3"
+    assert weights.face_color.shape == (adata.n_obs, 4)
+    w.color_by.value = "domain"
+    assert len(np.unique(weights.face_color, axis=0)) >= 2
+    assert set(adata.obsm) == obsm_before
+    np.testing.assert_array_equal(np.asarray(adata.X), x_before)
+
+
+def test_nnmf_dock_3d_starmap_and_bad_lengthscale(make_napari_viewer, qtbot):
+    from napari_spatial_nmf._widgets.nnmf import NNMFWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "starmap_3d")
+    viewer.dims.ndisplay = 3
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Neighbourhood NMF (cells)")
+    assert isinstance(w, NNMFWidget)
+    w.cells.value = viewer.layers["STARmap 3D cells"]
+    w.filter_cells.value = False
+    w.run()  # 753 empty cells: refused at once with the fix in the message
+    assert not w.runner.running and "filter_cells" in w.runner.status.text()
+    w.filter_cells.value = True
+    w.n_components.value = 4
+    w.max_iter.value = 5
+    w.run()
+    qtbot.waitUntil(lambda: w.runner.progress.value() >= 3, timeout=60_000)
+    w.runner.cancel()
+    _wait(qtbot, w.runner)
+    assert len(viewer.layers) == 1  # cancelled: nothing added

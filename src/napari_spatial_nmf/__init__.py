@@ -15,6 +15,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from . import core, io, tl  # noqa: E402  (light modules, no napari)
+from . import core, io, tl
 
 __all__ = ["__version__", "core", "io", "tl"]

@@ -20,7 +20,6 @@ from .core.ontology import Ontology
 from .io import Atlas, Stack
 
 
-
 def pattern_colormaps(k: int) -> list:
     """K distinct black-to-colour colormaps (hues evenly spaced), for additive overlays."""
     from napari.utils.colormaps import Colormap

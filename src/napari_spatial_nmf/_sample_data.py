@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
 from . import datasets
 from ._layers import atlas_layer, cells_layer, stack_layer
 
@@ -20,3 +23,10 @@ def bdgp_sample():
 def osmfish_sample():
     """osmFISH somatosensory cortex cells, coloured by expert region."""
     return [cells_layer(datasets.osmfish(), name="osmFISH cells", color_by="region")]
+
+
+def starmap_sample():
+    """STARmap 3D visual cortex cells (x, y, z), coloured by total signal; view in 3D."""
+    adata = datasets.starmap_3d()
+    feats = pd.DataFrame({"total": np.asarray(adata.X.sum(axis=1)).ravel().astype(np.float32)})
+    return [cells_layer(adata, name="STARmap 3D cells", features=feats, color_by="total")]

@@ -48,3 +48,14 @@ def bdgp() -> io.Stack:
 def osmfish() -> ad.AnnData:
     """osmFISH somatosensory cortex: 6,471 cells x 33 genes (counts), x/y in µm, region labels."""
     return io.read_cells(DATA / "osmfish_sscortex_6471cells_33genes.h5ad")
+
+
+def starmap_3d() -> ad.AnnData:
+    """STARmap 3D mouse visual cortex (Wang et al. 2018): 33,598 cells x 28 genes, x/y/z.
+
+    X int32 as stored in the source (a per-cell signal, NOT molecule counts; 753 cells are
+    all zero); ``obsm["spatial"]`` = (x, y, z) in image voxels (the source gives no
+    physical voxel size). NNMF normalises each cell, so the signal scale does not matter;
+    pass ``filter_cells=True`` to leave out the empty cells.
+    """
+    return io.read_cells(DATA / "starmap_3d_33598cells_28genes.h5ad")

@@ -136,7 +136,7 @@ def _gene_symbol(name: str, xml: str | None) -> tuple[str, int | None]:
     """Gene symbol and SectionDataSet id from an Allen zip's name / data_set.xml."""
     ds_id = None
     if xml:
-        m = re.search(r"<section-data-set>.*?<id>(\d+)</id>", xml, re.S)
+        m = re.search(r"<section-data-set>.*?<id>(\d+)</id>", xml, re.DOTALL)
         ds_id = int(m.group(1)) if m else None
     stem = Path(name).stem
     token = stem.split("_")[0]

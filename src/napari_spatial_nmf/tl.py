@@ -348,3 +348,304 @@ def stability(adata: ad.AnnData, k_range, n_replicates: int = 100, *, copy: bool
     """
     out = drain(iter_stability(adata, k_range, n_replicates, copy=copy, **kwargs))
     return out if copy else None
+
+
+# --------------------------------------------------------------------------- NNMF
+
+def signature_names(k: int) -> list[str]:
+    """Names of the K signatures of an NNMF result: ``S1`` ... ``SK``."""
+    return [f"S{i + 1}" for i in range(k)]
+
+
+def _cell_input(adata: ad.AnnData, *, layer, spatial_key, slice_key, filter_cells: bool):
+    """Check an NNMF input; return (kept cells mask, counts CSR, coords or None, slices or None, counts of filtered)."""
+    import scipy.sparse as sp
+
+    from .core import nnmf as _nn
+
+    if not isinstance(adata, ad.AnnData):
+        raise TypeError(f"Expected an AnnData; got {type(adata).__name__}.")
+    if layer is None:
+        X = adata.X
+    elif layer in adata.layers:
+        X = adata.layers[layer]
+    else:
+        raise KeyError(f"No layer {layer!r} in the AnnData; it has {list(adata.layers)}.")
+    if X is None:
+        raise ValueError("The AnnData has no X matrix.")
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, np.float64))
+    coords = None
+    if spatial_key is not None and spatial_key in adata.obsm:
+        coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+        if coords.ndim != 2 or coords.shape[1] not in (2, 3):
+            raise ValueError(f"obsm[{spatial_key!r}] must be (n_cells, 2 or 3) coordinates in µm; got {coords.shape}.")
+        if coords.shape[0] != X.shape[0]:
+            raise ValueError(f"obsm[{spatial_key!r}] has {coords.shape[0]} rows but X has {X.shape[0]} cells.")
+    slices = None
+    if slice_key is not None:
+        if slice_key not in adata.obs:
+            raise KeyError(f"slice_key {slice_key!r} is not a column of adata.obs (columns: {list(adata.obs.columns)}).")
+        slices = adata.obs[slice_key].astype(str).to_numpy()
+    keep = np.ones(X.shape[0], bool)
+    n_zero = n_dup = 0
+    if filter_cells:
+        if X.data.size and (np.isfinite(X.data).all() and (X.data >= 0).all()):
+            zero = np.asarray(X.sum(axis=1)).ravel() == 0
+            n_zero = int(zero.sum())
+            keep &= ~zero
+        if coords is not None:
+            dup = np.zeros_like(keep)
+            dup[keep] = _nn.duplicated_cells(coords[keep], None if slices is None else slices[keep])
+            n_dup = int(dup.sum())
+            keep &= ~dup
+        X = X[keep]
+        coords = None if coords is None else coords[keep]
+        slices = None if slices is None else slices[keep]
+    X = _nn.check_counts(X)
+    if coords is not None:
+        coords, slices = _nn.check_coordinates(coords, X.shape[0], slices)
+    return keep, X, coords, slices, {"zero_count_cells": n_zero, "duplicate_coordinate_cells": n_dup}
+
+
+def iter_nnmf(
+    adata: ad.AnnData,
+    n_components: int,
+    *,
+    lengthscale: float | None = None,
+    kernel_cutoff: float = 0.1,
+    slice_key: str | None = None,
+    spatial_key: str | None = "spatial",
+    layer: str | None = None,
+    normalize: bool = True,
+    filter_cells: bool = False,
+    max_iter: int = 1000,
+    tol: float = 1e-10,
+    initial: int = 3,
+    small_iter: int = 50,
+    error_freq: int = 10,
+    desmooth: bool = False,
+    seed: int | None = 0,
+    key_added: str = "nnmf",
+    copy: bool = False,
+) -> Generator[Progress, None, ad.AnnData]:
+    """Generator twin of :func:`nnmf`: checks the input at once, then yields per iteration."""
+    from .core import nnmf as _nn
+
+    K = check_n_components(n_components, adata.n_obs, adata.n_vars)
+    keep, X, coords, slices, filtered = _cell_input(adata, layer=layer, spatial_key=spatial_key,
+                                                    slice_key=slice_key, filter_cells=filter_cells)
+    check_n_components(K, *X.shape)
+    if lengthscale is not None and (not np.isfinite(lengthscale) or lengthscale <= 0):
+        raise ValueError(f"lengthscale must be a positive distance in µm (or None for the default); got {lengthscale!r}.")
+    if not 0 < kernel_cutoff < 1:
+        raise ValueError(f"kernel_cutoff must be in (0, 1); got {kernel_cutoff!r}.")
+    for name, v in (("max_iter", max_iter), ("error_freq", error_freq)):
+        if int(v) < 1:
+            raise ValueError(f"{name} must be at least 1; got {v!r}.")
+    params = {"n_components": K, "lengthscale": lengthscale, "kernel_cutoff": float(kernel_cutoff),
+              "slice_key": slice_key, "spatial_key": spatial_key, "layer": layer, "normalize": bool(normalize),
+              "filter_cells": bool(filter_cells), "max_iter": int(max_iter), "tol": float(tol),
+              "initial": int(initial), "small_iter": int(small_iter), "error_freq": int(error_freq),
+              "desmooth": bool(desmooth), "seed": seed, "n_obs": adata.n_obs, "n_genes": adata.n_vars}
+
+    def run():
+        Xn = _nn.normalize_cells(X) if normalize else X
+        kernel = None
+        if coords is not None:
+            ls = _nn.default_lengthscale(coords, slices) if lengthscale is None else float(lengthscale)
+            kernel = _nn.spatial_kernel(coords, ls, kernel_cutoff, slices)
+            yield Progress(0, 1, f"kernel: lengthscale {ls:.3g} µm, {kernel.mean_neighbors:.1f} neighbours per cell")
+        res = yield from _nn.iter_fit_nnmf(Xn, K, None if kernel is None else kernel.S, max_iter=max_iter, tol=tol,
+                                           initial=initial, small_iter=small_iter, error_freq=error_freq,
+                                           desmooth=desmooth, seed=seed)
+        out = adata.copy() if copy else adata
+        names = signature_names(K)
+        W = np.full((adata.n_obs, K), np.nan, np.float32)
+        W[keep] = res.weights
+        out.obsm[f"X_{key_added}"] = W
+        out.varm[f"{key_added}_signatures"] = res.signatures.T.astype(np.float32)
+        dom = np.full(adata.n_obs, None, object)
+        dom[keep] = np.asarray(names, object)[res.weights.argmax(axis=1)]
+        out.obs[f"{key_added}_domain"] = pd.Categorical(dom, categories=names)
+        rec = provenance("nnmf" if kernel is not None else "kl-nmf", params)
+        rec.update({
+            "signature_names": names,
+            "lengthscale": float("nan") if kernel is None else kernel.lengthscale,
+            "mean_neighbors": float("nan") if kernel is None else kernel.mean_neighbors,
+            "gkl": res.gkl, "gkl_trace": res.trace, "initial_gkl": np.asarray(res.initial_gkl),
+            "n_iter": res.n_iter, "converged": res.converged, "n_fitted_cells": int(keep.sum()),
+            "filtered": filtered, "source": "Laursen et al. 2026, Genome Biol; ragnhildlaursen/NNMF@739ac09",
+        })
+        out.uns[key_added] = rec
+        return out
+
+    return run()
+
+
+def nnmf(adata: ad.AnnData, n_components: int, *, copy: bool = False, **kwargs) -> ad.AnnData | None:
+    """Neighbourhood NMF of a cell point cloud (Laursen et al. 2026): spatial gene programs.
+
+    Cells x genes counts X ~ W H with generalized-KL multiplicative updates; every
+    iteration each cell's factor proportions are smoothed over its spatial neighbours with
+    the row-normalised kernel exp(-d^2 / l^2), cut at ``kernel_cutoff``. The update order,
+    normalisation, stopping rule and defaults are the authors' R/C++ code's
+    (:mod:`napari_spatial_nmf.core.nnmf`); the kernel is a sparse k-d tree graph, so there is
+    no 50,000-cell batch limit. Without coordinates it is plain KL-NMF in the same order.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Cells x genes counts (dense or sparse), coordinates (x, y[, z]) in µm in
+        ``obsm[spatial_key]``.
+    n_components : int
+        K, the number of signatures.
+    lengthscale : float, optional
+        l in µm; default the mean distance to the 14th nearest neighbour (the R default).
+        :func:`estimate_lengthscale` scans a grid.
+    kernel_cutoff : float
+        Kernel entries below it are zero (default 0.1: radius 1.517 l).
+    slice_key : str, optional
+        Column of ``obs``; cells of different slices/samples are never neighbours.
+    spatial_key : str or None
+        Key of the coordinates in ``obsm``. None, or a key that is absent, fits plain KL-NMF.
+    layer : str, optional
+        Counts from ``layers[layer]`` instead of ``X``.
+    normalize : bool
+        Scale each cell to sum G (the number of genes), the method's default.
+    filter_cells : bool
+        Leave out cells with zero counts and cells that repeat an earlier cell's
+        coordinates (within a slice); they get NaN weights and no domain. False (default)
+        raises on such cells instead.
+    max_iter, tol, initial, small_iter, error_freq
+        R defaults 1000, 1e-10, 3, 50, 10 (see :func:`napari_spatial_nmf.core.nnmf.iter_fit_nnmf`).
+    desmooth : bool
+        The R option ``not_sc``: one unsmoothed W step at the end (spot-level data).
+    seed : int or None
+        Seed of the random starts; a fixed seed gives identical results.
+    key_added : str
+        Results go to ``obsm[f"X_{key}"]`` (weights, (n_cells, K) float32, rows sum to the
+        cell's normalised total), ``varm[f"{key}_signatures"]`` ((n_genes, K) float32, each
+        signature sums to 1 over genes), ``obs[f"{key}_domain"]`` (argmax of the weights,
+        categorical S1..SK) and ``uns[key]`` (parameters, seed, versions, l, mean
+        neighbour count, GKL trace).
+    copy : bool
+        Return a copy with the results instead of adding keys to ``adata``.
+
+    Returns
+    -------
+    anndata.AnnData or None
+
+    Raises
+    ------
+    ValueError
+        NaN, infinite or negative counts; all-zero cells or genes; coordinates that do not
+        match the cells; duplicate coordinates (unless ``filter_cells``); l <= 0; K out of
+        range.
+    KeyError
+        A missing ``slice_key`` or ``layer``.
+    """
+    out = drain(iter_nnmf(adata, n_components, copy=copy, **kwargs))
+    return out if copy else None
+
+
+def iter_estimate_lengthscale(adata: ad.AnnData, *, lengthscales=None, max_avg_nn: int = 20, n_grid: int = 10,
+                              slice_key: str | None = None, spatial_key: str = "spatial",
+                              layer: str | None = None, filter_cells: bool = False,
+                              kernel_cutoff: float = 0.1) -> Generator[Progress, None, pd.DataFrame]:
+    """Generator twin of :func:`estimate_lengthscale`: checks at once, one progress step per candidate."""
+    from .core import nnmf as _nn
+
+    _, X, coords, slices, _ = _cell_input(adata, layer=layer, spatial_key=spatial_key, slice_key=slice_key,
+                                          filter_cells=filter_cells)
+    if coords is None:
+        raise ValueError(f"estimate_lengthscale needs cell coordinates in obsm[{spatial_key!r}].")
+    grid = (_nn.lengthscale_grid(coords, slices, max_avg_nn=max_avg_nn, n_grid=n_grid)
+            if lengthscales is None else np.asarray(lengthscales, dtype=np.float64))
+    if (grid <= 0).any():
+        raise ValueError("Candidate lengthscales must be positive (µm).")
+    def run():
+        P = _nn.proportions(X)
+        rows = []
+        for i, ls in enumerate(grid):
+            err, nn = _nn.smoothing_error(P, coords, float(ls), slices, kernel_cutoff)
+            rows.append((float(ls), err, nn))
+            yield Progress(i + 1, len(grid), f"lengthscale {ls:.3g} µm: error {err:.4g}")
+        return pd.DataFrame(rows, columns=["lengthscale", "error", "mean_neighbors"])
+
+    return run()
+
+
+def estimate_lengthscale(adata: ad.AnnData, **kwargs) -> tuple[float, pd.DataFrame]:
+    """Choose the NNMF lengthscale by leave-one-out smoothing error (``estimate_lengthscale``, R/utils.R).
+
+    For each candidate l (default: 10 values from the smallest cell-cell distance to the
+    mean distance to the ``max_avg_nn``-th neighbour), the proportions P = X / rowsums are
+    predicted from each cell's neighbours with the kernel exp(-d^2/l^2) (cutoff 0.1,
+    diagonal excluded, rows normalised); the error is ``mean((P - S P)^2)``.
+
+    Returns
+    -------
+    (float, pandas.DataFrame)
+        The l (µm) with the lowest error, and the curve: columns ``lengthscale`` (µm),
+        ``error``, ``mean_neighbors``.
+
+    Raises
+    ------
+    ValueError
+        No coordinates; the checks of :func:`nnmf`.
+    """
+    curve = drain(iter_estimate_lengthscale(adata, **kwargs))
+    return float(curve["lengthscale"].iloc[int(curve["error"].to_numpy().argmin())]), curve
+
+
+def nnmf_top_genes(adata: ad.AnnData, key: str = "nnmf", n_top: int = 10) -> pd.DataFrame:
+    """Top genes per signature with the NNMF package's ``topfeatures`` score (true second maximum).
+
+    ``score_gk = h_gk log(1 + h_gk / (mm_gk + 1e-10))``, mm the gene's largest loading on
+    the other signatures (its second largest for its own top signature); see
+    :func:`napari_spatial_nmf.core.nnmf.top_features` for the R code's bug we do not copy.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``signature``, ``rank`` (1 = best), ``gene``, ``score``, ``loading``.
+    """
+    from .core.nnmf import top_features
+
+    if f"{key}_signatures" not in adata.varm:
+        raise KeyError(f"No NNMF result {key!r}: run tl.nnmf(adata, K, key_added={key!r}) first.")
+    H = np.asarray(adata.varm[f"{key}_signatures"], dtype=np.float64).T
+    scores = top_features(H)
+    names = list(adata.uns[key]["signature_names"])
+    rows = []
+    for k, name in enumerate(names):
+        order = np.argsort(-scores[k], kind="stable")[:n_top]
+        for r, g in enumerate(order):
+            rows.append((name, r + 1, str(adata.var_names[g]), float(scores[k, g]), float(H[k, g])))
+    return pd.DataFrame(rows, columns=["signature", "rank", "gene", "score", "loading"])
+
+
+def spatially_variable_genes(adata: ad.AnnData, *, lengthscale: float | None = None, slice_key: str | None = None,
+                             spatial_key: str = "spatial", layer: str | None = None, filter_cells: bool = False,
+                             kernel_cutoff: float = 0.1, key_added: str = "svg_score",
+                             copy: bool = False) -> ad.AnnData | None:
+    """Spatial-variability score per gene: leave-one-out kernel-smoothing error / mean proportion.
+
+    ``colMeans((P - S P)^2) / colMeans(P)`` (the NNMF package's removed ``spatial_data()``,
+    commit 71c612d); lower = better predicted by the neighbours = more spatially variable.
+    Writes ``var[key_added]`` and ``var[f"{key_added}_rank"]`` (1 = most variable).
+    """
+    from .core import nnmf as _nn
+
+    _, X, coords, slices, _ = _cell_input(adata, layer=layer, spatial_key=spatial_key, slice_key=slice_key,
+                                          filter_cells=filter_cells)
+    if coords is None:
+        raise ValueError(f"spatially_variable_genes needs cell coordinates in obsm[{spatial_key!r}].")
+    ls = _nn.default_lengthscale(coords, slices) if lengthscale is None else float(lengthscale)
+    score = _nn.svg_score(_nn.proportions(X), coords, ls, slices, kernel_cutoff)
+    out = adata.copy() if copy else adata
+    out.var[key_added] = score
+    out.var[f"{key_added}_rank"] = pd.Series(score, index=out.var_names).rank(method="first").astype(int).to_numpy()
+    out.uns[key_added] = provenance("svg_score", {"lengthscale": ls, "kernel_cutoff": kernel_cutoff,
+                                                  "slice_key": slice_key, "layer": layer})
+    return out if copy else None

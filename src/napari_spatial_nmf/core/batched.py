@@ -31,6 +31,7 @@ from sklearn.utils.extmath import randomized_svd
 
 from ._progress import Progress
 
+
 @dataclass
 class ReplicateSVD:
     """Top singular triplets of R^1/2 X C^1/2 for one replicate."""

@@ -24,5 +24,5 @@ def provenance(method: str, params: dict) -> dict:
         "method": method,
         "params": clean,
         "versions": versions(),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -1,0 +1,612 @@
+"""Neighbourhood NMF (NNMF; Laursen et al. 2026, Genome Biology, doi:10.1186/s13059-025-03846-6).
+
+Cells x genes counts X (n x G) ~ W H with generalized-KL (Poisson) multiplicative updates;
+once per iteration each cell's factor *proportions* are replaced by a Gaussian-kernel
+average over its spatial neighbours, and its total is kept. This module follows the
+authors' R/C++ code (ragnhildlaursen/NNMF @739ac09, ``src/NMFspatial2.cpp`` and
+``R/NNMFfunction.R``; ``methods-digest.md`` §1.3-§1.8):
+
+* kernel ``S~_ij = exp(-d_ij^2 / l^2)`` (no factor 2, S~_ii = 1), entries below
+  ``kernel_cutoff`` (0.1) set to zero, rows normalised to sum 1;
+* default lengthscale ``l`` = mean distance to the 14th nearest neighbour (the R code's
+  ``sort(dist)[15]`` counts the zero self-distance);
+* update order of ``nmfspatial`` (see :func:`iter_fit_nnmf`), clamp at 1e-10, GKL with
+  delta = 1e-6, stop when ``2 (D_old - D_new) / (0.1 + |2 D_new|) < tol`` checked every
+  ``error_freq`` iterations, ``initial`` warm starts of ``small_iter`` plain KL iterations
+  keeping the lowest GKL;
+* cells are normalised to sum G (``normalize=True``), not 1e4, and not logged.
+
+What differs, by design:
+
+* The kernel is a sparse neighbour graph from a k-d tree (radius ``l sqrt(-ln cutoff)``),
+  never the dense n x n matrix that limits the R package to 50,000 cells per batch. Cells
+  of different slices are never neighbours (block-diagonal kernel), and no cell loses
+  neighbours at an arbitrary batch edge.
+* X stays sparse: the updates need ``X / (W H)`` only at the non-zeros of X. The GKL is
+  computed over the non-zeros plus ``sum(W H)``; the R code's dense +1e-6 terms at the
+  zero entries (each at most ``1e-6 log(mu / 1e-6)``) are left out.
+* Random numbers come from numpy's generator, so runs are reproducible from ``seed`` but
+  not equal to R's.
+
+The kernels are numba-compiled loops over the non-zeros, parallel over cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from ._progress import Progress
+
+CLAMP = 1e-10
+GKL_DELTA = 1e-6
+
+
+# --------------------------------------------------------------------------- input
+
+def check_counts(X, *, name: str = "X") -> sp.csr_matrix:
+    """Check a cells x genes count matrix and return it as CSR float64 (a new object).
+
+    Raises
+    ------
+    ValueError
+        Not 2-D, NaN/inf, negative values, all-zero cells or genes (the message says how
+        many and how to drop them).
+    """
+    if sp.issparse(X):
+        M = sp.csr_matrix(X, dtype=np.float64, copy=True)
+    else:
+        A = np.asarray(X)
+        if A.dtype.kind not in "fiub":
+            raise ValueError(f"{name} must be numeric; got dtype {A.dtype}.")
+        if A.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D cells x genes matrix; got shape {A.shape}.")
+        M = sp.csr_matrix(A.astype(np.float64))
+    if M.shape[0] == 0 or M.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {M.shape}).")
+    if not np.isfinite(M.data).all():
+        raise ValueError(f"{name} holds {int((~np.isfinite(M.data)).sum())} NaN or infinite values; "
+                         "NNMF needs counts. Remove or fill them first.")
+    if (M.data < 0).any():
+        raise ValueError(f"{name} has {int((M.data < 0).sum())} negative values (min {M.data.min():g}); "
+                         "NNMF models counts, which are non-negative. Pass raw counts, not scaled data.")
+    M.eliminate_zeros()
+    M.sort_indices()
+    zero_cells = np.flatnonzero(np.diff(M.indptr) == 0)
+    if zero_cells.size:
+        raise ValueError(f"{zero_cells.size} cell(s) have no counts (first rows: {zero_cells[:5].tolist()}). "
+                         "Drop them (adata[adata.X.sum(1) > 0]) or pass filter_cells=True.")
+    zero_genes = np.flatnonzero(np.bincount(M.indices, minlength=M.shape[1]) == 0)
+    if zero_genes.size:
+        raise ValueError(f"{zero_genes.size} gene(s) have no counts in any cell (first columns: "
+                         f"{zero_genes[:5].tolist()}). Drop them (adata[:, adata.X.sum(0) > 0]).")
+    return M
+
+
+def check_coordinates(coords, n_cells: int, groups=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Check cell coordinates (n, 2 or 3) in µm and optional slice labels.
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch with the counts, NaN/inf, fewer than 2 dimensions, duplicate
+        coordinates within a slice (the message says how many and how to filter).
+    """
+    C = np.asarray(coords, dtype=np.float64)
+    if C.ndim != 2 or C.shape[1] not in (2, 3):
+        raise ValueError(f"Coordinates must be (n_cells, 2) or (n_cells, 3); got shape {C.shape}.")
+    if C.shape[0] != n_cells:
+        raise ValueError(f"There are {C.shape[0]} coordinate rows but {n_cells} cells in the count "
+                         "matrix: they must describe the same cells in the same order.")
+    if not np.isfinite(C).all():
+        raise ValueError(f"{int((~np.isfinite(C)).any(axis=1).sum())} cell(s) have NaN or infinite "
+                         "coordinates; drop them first.")
+    g = None
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != (n_cells,):
+            raise ValueError(f"The slice labels have shape {g.shape}; expected ({n_cells},).")
+    dup = duplicated_cells(C, g)
+    if dup.any():
+        raise ValueError(f"{int(dup.sum())} cell(s) share their coordinates with an earlier cell of the same "
+                         "slice (duplicated records?). A kernel over space cannot tell them apart: drop the "
+                         "repeats (napari_spatial_nmf.core.nnmf.duplicated_cells) or pass filter_cells=True.")
+    return C, g
+
+
+def duplicated_cells(coords: np.ndarray, groups=None) -> np.ndarray:
+    """Boolean (n,): True for a cell whose coordinates (within its slice) repeat an earlier cell's."""
+    import pandas as pd
+
+    df = pd.DataFrame(np.asarray(coords, dtype=np.float64))
+    if groups is not None:
+        df["_slice"] = np.asarray(groups)
+    return df.duplicated(keep="first").to_numpy()
+
+
+def normalize_cells(X: sp.csr_matrix) -> sp.csr_matrix:
+    """The method's normalisation: each cell scaled to sum G (``sweep(X, 1, rowSums, "/") * G``)."""
+    rs = np.asarray(X.sum(axis=1)).ravel()
+    out = X.copy()
+    out.data *= np.repeat(X.shape[1] / rs, np.diff(X.indptr))
+    return out
+
+
+# --------------------------------------------------------------------------- kernel
+
+def _groups_index(n: int, groups) -> list[np.ndarray]:
+    if groups is None:
+        return [np.arange(n)]
+    codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.split(order, bounds)
+
+
+def default_lengthscale(coords: np.ndarray, groups=None, n_neighbors: int = 14) -> float:
+    """Mean distance (µm) to the 14th nearest neighbour: the R package's default lengthscale.
+
+    ``mean(apply(sqrt(dist), 1, function(x) sort(x)[15]))`` in ``R/NNMFfunction.R`` (the
+    sorted row starts with the zero self-distance). With slices, neighbours are searched
+    within each slice and the mean is over all cells (R uses the first batch only).
+
+    Raises
+    ------
+    ValueError
+        A slice with fewer than ``n_neighbors + 1`` cells.
+    """
+    C = np.asarray(coords, dtype=np.float64)
+    dists = []
+    for idx in _groups_index(len(C), groups):
+        if len(idx) <= n_neighbors:
+            raise ValueError(f"A slice has {len(idx)} cells; the default lengthscale needs at least "
+                             f"{n_neighbors + 1}. Pass lengthscale explicitly or merge small slices.")
+        d, _ = cKDTree(C[idx]).query(C[idx], k=n_neighbors + 1)
+        dists.append(d[:, n_neighbors])
+    return float(np.concatenate(dists).mean())
+
+
+@dataclass
+class SpatialKernel:
+    """Row-stochastic sparse smoothing matrix S (n x n, CSR float64) and its diagnostics."""
+
+    S: sp.csr_matrix
+    lengthscale: float
+    kernel_cutoff: float
+    mean_neighbors: float  # mean non-zeros per row minus self (the R package's avg_nn)
+
+
+def neighbor_pairs(coords: np.ndarray, radius: float, groups=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i < j) of cells of the same slice within ``radius`` (µm): i, j, squared distance."""
+    C = np.asarray(coords, dtype=np.float64)
+    I, J = [], []
+    for idx in _groups_index(len(C), groups):
+        pairs = cKDTree(C[idx]).query_pairs(radius, output_type="ndarray")
+        I.append(idx[pairs[:, 0]])
+        J.append(idx[pairs[:, 1]])
+    i = np.concatenate(I) if I else np.empty(0, np.int64)
+    j = np.concatenate(J) if J else np.empty(0, np.int64)
+    d2 = ((C[i] - C[j]) ** 2).sum(axis=1)
+    return i, j, d2
+
+
+def spatial_kernel(coords: np.ndarray, lengthscale: float, kernel_cutoff: float = 0.1,
+                   groups=None, *, include_self: bool = True) -> SpatialKernel:
+    """The NNMF smoothing kernel as a sparse matrix, built from a k-d tree.
+
+    ``S~_ij = exp(-d_ij^2 / l^2)`` if it is at least ``kernel_cutoff``, else 0, then
+    ``S = D^-1 S~`` (rows sum to 1). Exactly the R code's dense kernel
+    (``methods-digest.md`` §1.4), restricted to pairs within the radius
+    ``l sqrt(-ln cutoff)`` (1.517 l for 0.1) where it is non-zero.
+
+    Parameters
+    ----------
+    coords : ndarray, (n, 2) or (n, 3), µm
+    lengthscale : float
+        l in µm, > 0.
+    kernel_cutoff : float
+        In (0, 1).
+    groups : array-like, (n,), optional
+        Slice / sample labels; cells of different slices are never neighbours.
+    include_self : bool
+        True for NNMF (S~_ii = 1). False gives the leave-one-out kernel of
+        :func:`smoothing_error`; a cell without neighbours then averages all cells of its
+        slice (the R code's "rows summing to 0 are set to all 1").
+
+    Raises
+    ------
+    ValueError
+        ``lengthscale <= 0`` or a cutoff outside (0, 1).
+    """
+    if not np.isfinite(lengthscale) or lengthscale <= 0:
+        raise ValueError(f"lengthscale must be a positive distance in µm; got {lengthscale!r}.")
+    if not 0 < kernel_cutoff < 1:
+        raise ValueError(f"kernel_cutoff must be in (0, 1); got {kernel_cutoff!r}.")
+    n = len(coords)
+    radius = lengthscale * np.sqrt(-np.log(kernel_cutoff))
+    i, j, d2 = neighbor_pairs(coords, radius, groups)
+    w = np.exp(-d2 / lengthscale**2)
+    keep = w >= kernel_cutoff
+    i, j, w = i[keep], j[keep], w[keep]
+    rows = [i, j]
+    cols = [j, i]
+    vals = [w, w]
+    if include_self:
+        rows.append(np.arange(n))
+        cols.append(np.arange(n))
+        vals.append(np.ones(n))
+    S = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    S.sum_duplicates()
+    rs = np.asarray(S.sum(axis=1)).ravel()
+    n_nb = np.diff(S.indptr) - (1 if include_self else 0)
+    if not include_self and (rs == 0).any():
+        lonely = np.flatnonzero(rs == 0)
+        extra_r, extra_c = [], []
+        for idx in _groups_index(n, groups):
+            lone = np.intersect1d(idx, lonely, assume_unique=True)
+            if lone.size:
+                extra_r.append(np.repeat(lone, len(idx)))
+                extra_c.append(np.tile(idx, lone.size))
+        S = S + sp.csr_matrix((np.ones(sum(map(len, extra_r))),
+                               (np.concatenate(extra_r), np.concatenate(extra_c))), shape=(n, n))
+        rs = np.asarray(S.sum(axis=1)).ravel()
+    S = sp.csr_matrix(sp.diags(1.0 / rs) @ S)
+    return SpatialKernel(S, float(lengthscale), float(kernel_cutoff), float(n_nb.mean()))
+
+
+# --------------------------------------------------------------------------- numba kernels
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _w_step(indptr, indices, data, W, Ht):
+    """In place: W_i <- W_i * sum_j (x_ij / mu_ij) H_:j, mu_ij = W_i . H_:j (KL numerator, no denominator)."""
+    n, K = W.shape
+    for i in numba.prange(n):
+        acc = np.zeros(K)
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            mu = 0.0
+            for k in range(K):
+                mu += W[i, k] * Ht[j, k]
+            r = data[p] / mu
+            for k in range(K):
+                acc[k] += r * Ht[j, k]
+        for k in range(K):
+            W[i, k] *= acc[k]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _h_numerator(indptr, indices, data, W, Ht, n_chunks):
+    """(G, K): sum_i (x_ij / mu_ij) W_ik, with one accumulator per chunk of cells."""
+    n, K = W.shape
+    G = Ht.shape[0]
+    buf = np.zeros((n_chunks, G, K))
+    step = (n + n_chunks - 1) // n_chunks
+    for c in numba.prange(n_chunks):
+        for i in range(c * step, min(n, (c + 1) * step)):
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                mu = 0.0
+                for k in range(K):
+                    mu += W[i, k] * Ht[j, k]
+                r = data[p] / mu
+                for k in range(K):
+                    buf[c, j, k] += r * W[i, k]
+    out = np.zeros((G, K))
+    for c in range(n_chunks):
+        out += buf[c]
+    return out
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _gkl_nonzero(indptr, indices, data, W, Ht, delta):
+    """sum over non-zeros of (x+d) log((x+d)/(mu+d)) - x."""
+    n, K = W.shape
+    tot = np.zeros(n)
+    for i in numba.prange(n):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            mu = 0.0
+            for k in range(K):
+                mu += W[i, k] * Ht[j, k]
+            x = data[p]
+            s += (x + delta) * np.log((x + delta) / (mu + delta)) - x
+        tot[i] = s
+    return tot.sum()
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _smooth(indptr, indices, data, W):
+    """W <- (S @ (W / r)) * r, r the row sums of W (proportions smoothed, totals kept)."""
+    n, K = W.shape
+    P = np.empty_like(W)
+    r = np.empty(n)
+    for i in numba.prange(n):
+        s = 0.0
+        for k in range(K):
+            s += W[i, k]
+        r[i] = s
+        for k in range(K):
+            P[i, k] = W[i, k] / s
+    for i in numba.prange(n):
+        acc = np.zeros(K)
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            v = data[p]
+            for k in range(K):
+                acc[k] += v * P[j, k]
+        for k in range(K):
+            W[i, k] = acc[k] * r[i]
+
+
+def _n_chunks() -> int:
+    return max(1, numba.get_num_threads())
+
+
+def gkl(X: sp.csr_matrix, W: np.ndarray, Ht: np.ndarray, delta: float = GKL_DELTA) -> float:
+    """Generalized KL divergence D(X || W H) of the R code's ``error()`` over the non-zeros
+    of X, plus sum(W H) (W: (n, K), Ht = H^T: (G, K))."""
+    nz = _gkl_nonzero(X.indptr, X.indices, X.data, W, Ht, delta)
+    return float(nz + W.sum(axis=0) @ Ht.sum(axis=0))
+
+
+def _clamp(A: np.ndarray) -> np.ndarray:
+    np.maximum(A, CLAMP, out=A)
+    return A
+
+
+def _h_step(X, W, Ht) -> np.ndarray:
+    """H <- H * W^T (X / W H), returned transposed (G, K)."""
+    return Ht * _h_numerator(X.indptr, X.indices, X.data, W, Ht, _n_chunks())
+
+
+def _random_start(n: int, G: int, K: int, rng: np.random.Generator):
+    """U(0, 1) W (n, K) and H^T (G, K), as the R code's ``runif``."""
+    W = rng.uniform(size=(n, K))
+    Ht = rng.uniform(size=(K, G)).T.copy()
+    return W, Ht
+
+
+# --------------------------------------------------------------------------- fit
+
+@dataclass
+class NNMFResult:
+    """A fitted NNMF.
+
+    Attributes
+    ----------
+    weights : ndarray (n_cells, K) float64
+        Cell weights ("exposures"); each row sums to the cell's normalised total.
+    signatures : ndarray (K, n_genes) float64
+        Gene signatures, rows sum to 1.
+    gkl : float
+        Final generalized KL divergence (on the normalised data).
+    trace : ndarray (m, 2)
+        (iteration, GKL) at every convergence check.
+    n_iter : int
+    converged : bool
+    initial_gkl : list of float
+        GKL of each warm start (the lowest was kept).
+    """
+
+    weights: np.ndarray
+    signatures: np.ndarray
+    gkl: float
+    trace: np.ndarray
+    n_iter: int
+    converged: bool
+    initial_gkl: list = field(default_factory=list)
+
+
+def iter_fit_nnmf(
+    X: sp.csr_matrix,
+    n_components: int,
+    S: sp.csr_matrix | None = None,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-10,
+    initial: int = 3,
+    small_iter: int = 50,
+    error_freq: int = 10,
+    desmooth: bool = False,
+    seed: int | None = 0,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Generator[Progress, None, NNMFResult]:
+    """Fit NNMF (or plain KL-NMF when ``S`` is None), yielding progress every iteration.
+
+    The update order of ``nmfspatial`` (``methods-digest.md`` §1.5; ``*``, ``/``
+    element-wise, E = W H, clamp = max(., 1e-10)):
+
+    1. ``W = clamp(W * (X/E) H^T)``
+    2. ``H = rownorm(clamp(H * W^T (X/E)))``
+    3. ``W = W * (X/E) H^T``; ``W = (S (W/r)) * r`` with r the row sums;
+       ``W = colnorm(clamp(W))``
+    4. ``H = clamp(H * W^T (X/E))``
+
+    and at the end the scale moves from H to W (signature rows sum to 1). Without ``S``,
+    step 3 skips the smoothing (plain KL-NMF in the same order).
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix (n_cells, n_genes) float64
+        Counts (already normalised if wanted), checked by :func:`check_counts`.
+    n_components : int
+        K >= 1.
+    S : csr_matrix (n_cells, n_cells), optional
+        Row-stochastic kernel from :func:`spatial_kernel`.
+    max_iter, tol, initial, small_iter, error_freq
+        The R package's ``maxiter`` (1000), ``tolerance`` (1e-10), ``initial`` (3),
+        ``smallIter`` (50), ``error_freq`` (10).
+    desmooth : bool
+        The R option ``not_sc``: one more unsmoothed W step after convergence.
+    seed : int or None
+        Seed of the U(0, 1) starts.
+    init : (W (n, K), H (K, G)), optional
+        Start from these (copied) instead of the warm starts.
+
+    Yields
+    ------
+    Progress
+        One per warm-start iteration and per main iteration.
+
+    Returns
+    -------
+    NNMFResult
+    """
+    n, G = X.shape
+    K = int(n_components)
+    if not 1 <= K <= min(n, G):
+        raise ValueError(f"n_components={K} is out of range: it must be between 1 and min(n_cells, n_genes) = "
+                         f"{min(n, G)}.")
+    if S is not None and S.shape != (n, n):
+        raise ValueError(f"The kernel is {S.shape} but there are {n} cells.")
+    rng = np.random.default_rng(seed)
+    if init is not None:
+        initial = 0
+    total = initial * small_iter + max_iter
+    step = 0
+    best = None
+    initial_gkl = []
+    for s in range(initial):
+        W, Ht = _random_start(n, G, K, rng)
+        for _ in range(small_iter):
+            W, Ht = _warm_iter(X, W, Ht)
+            step += 1
+            yield Progress(step, total, f"start {s + 1}/{initial}")
+        d = gkl(X, W, Ht)
+        initial_gkl.append(d)
+        if best is None or d < best[0]:
+            best = (d, W, Ht)
+    if init is not None:
+        W = np.array(init[0], dtype=np.float64, order="C")
+        Ht = np.array(np.asarray(init[1], dtype=np.float64).T, order="C")
+        if W.shape != (n, K) or Ht.shape != (G, K):
+            raise ValueError(f"init must be W ({n}, {K}) and H ({K}, {G}); got {W.shape} and {Ht.T.shape}.")
+    elif best is None:
+        W, Ht = _random_start(n, G, K, rng)
+    else:
+        _, W, Ht = best
+    trace = []
+    old = np.inf
+    converged = False
+    t = 0
+    for t in range(max_iter):
+        _w_step(X.indptr, X.indices, X.data, W, Ht)  # (1)
+        _clamp(W)
+        Ht = _clamp(_h_step(X, W, Ht))  # (2)
+        Ht /= Ht.sum(axis=0, keepdims=True)
+        _w_step(X.indptr, X.indices, X.data, W, Ht)  # (3)
+        if S is not None:
+            _smooth(S.indptr, S.indices, S.data, W)
+        _clamp(W)
+        W /= W.sum(axis=0, keepdims=True)
+        Ht = _clamp(_h_step(X, W, Ht))  # (4)
+        step += 1
+        msg = f"iteration {t + 1}"
+        if t % error_freq == 0:
+            new = gkl(X, W, Ht)
+            trace.append((t, new))
+            msg += f", GKL {new:.6g}"
+            if t > error_freq and 2 * (old - new) / (0.1 + abs(2 * new)) < tol:
+                converged = True
+                old = new
+                yield Progress(step, total, msg + " (converged)")
+                break
+            old = new
+        yield Progress(step, total, msg)
+    if desmooth:
+        _w_step(X.indptr, X.indices, X.data, W, Ht)
+    rk = Ht.sum(axis=0)
+    W = W * rk[None, :]
+    H = (Ht / rk[None, :]).T.copy()
+    final = gkl(X, W, np.ascontiguousarray(H.T))
+    return NNMFResult(W, H, final, np.asarray(trace, dtype=np.float64).reshape(-1, 2), t + 1, converged,
+                      initial_gkl)
+
+
+def _warm_iter(X, W, Ht):
+    """One ``nmf1`` warm-start iteration: H normalised then clamped, then W."""
+    Ht = _h_step(X, W, Ht)
+    Ht /= Ht.sum(axis=0, keepdims=True)
+    _clamp(Ht)
+    _w_step(X.indptr, X.indices, X.data, W, Ht)
+    _clamp(W)
+    return W, Ht
+
+
+# --------------------------------------------------------------------------- read-outs
+
+def smoothing_error(P: sp.csr_matrix, coords: np.ndarray, lengthscale: float, groups=None,
+                    kernel_cutoff: float = 0.1, *, per_gene: bool = False):
+    """Leave-one-out kernel-smoothing error of the proportions P at one lengthscale.
+
+    ``mean((P - S P)^2)`` with S the kernel without its diagonal (``estimate_lengthscale``
+    in ``R/utils.R``); ``per_gene=True`` returns the (G,) column means instead.
+    """
+    k = spatial_kernel(coords, lengthscale, kernel_cutoff, groups, include_self=False)
+    SP = k.S @ P
+    D = (SP - P) if sp.issparse(SP) else SP - P.toarray()
+    D = D.toarray() if sp.issparse(D) else np.asarray(D)
+    sq = D**2
+    return (sq.mean(axis=0), k.mean_neighbors) if per_gene else (float(sq.mean()), k.mean_neighbors)
+
+
+def proportions(X: sp.csr_matrix) -> sp.csr_matrix:
+    """Each cell's counts divided by its total (P in the R code)."""
+    rs = np.asarray(X.sum(axis=1)).ravel()
+    P = X.copy()
+    P.data /= np.repeat(rs, np.diff(X.indptr))
+    return P
+
+
+def lengthscale_grid(coords: np.ndarray, groups=None, *, max_avg_nn: int = 20, n_grid: int = 10) -> np.ndarray:
+    """The R package's candidate grid: ``seq(min(d), max_val, length.out=10)`` with
+    ``max_val`` the mean distance to the ``max_avg_nn``-th neighbour and min(d) the
+    smallest distance between two cells."""
+    C = np.asarray(coords, dtype=np.float64)
+    dmin, dmax = np.inf, []
+    for idx in _groups_index(len(C), groups):
+        kq = min(max_avg_nn + 1, len(idx))
+        d, _ = cKDTree(C[idx]).query(C[idx], k=kq)
+        dmin = min(dmin, float(d[:, 1].min()))
+        dmax.append(d[:, kq - 1])
+    hi = float(np.concatenate(dmax).mean())
+    lo = max(dmin, hi * 1e-3)
+    return np.linspace(lo, hi, n_grid)
+
+
+def svg_score(P: sp.csr_matrix, coords, lengthscale: float, groups=None, kernel_cutoff: float = 0.1) -> np.ndarray:
+    """Per-gene spatial-variability score (G,): leave-one-out smoothing error / mean proportion.
+
+    ``colMeans((P - S P)^2) / colMeans(P)`` from the package's removed ``spatial_data()``
+    (commit 71c612d); LOWER means the gene is better predicted by its neighbours, i.e.
+    more spatially variable. (That function kept the floor(G/2) lowest-scoring genes.)
+    """
+    err, _ = smoothing_error(P, coords, lengthscale, groups, kernel_cutoff, per_gene=True)
+    mean = np.asarray(P.mean(axis=0)).ravel()
+    return err / np.maximum(mean, 1e-300)
+
+
+def top_features(signatures: np.ndarray, n_top: int | None = None) -> np.ndarray:
+    """Gene scores per signature (K, G) of the package's ``topfeatures``, corrected.
+
+    ``score_gk = h_gk log(1 + h_gk / (mm_gk + 1e-10))`` with ``mm_gk`` the gene's largest
+    loading over the other signatures for k != argmax, and its true second-largest loading
+    for k = argmax. (``R/utils.R`` takes ``which.max(rr[-m1])`` as an index into the full
+    vector, the wrong element whenever the second maximum sits after the maximum.)
+    """
+    Hs = np.asarray(signatures, dtype=np.float64)
+    K = Hs.shape[0]
+    if K < 2:
+        return Hs.copy()
+    srt = np.sort(Hs, axis=0)
+    first, second = srt[-1], srt[-2]
+    am = Hs.argmax(axis=0)
+    mm = np.broadcast_to(first, Hs.shape).copy()
+    mm[am, np.arange(Hs.shape[1])] = second
+    return Hs * np.log1p(Hs / (mm + 1e-10))
