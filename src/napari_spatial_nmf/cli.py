@@ -22,18 +22,27 @@ def _demo_headless(out: Path) -> int:
     from . import datasets, pipeline
 
     stack, atlas = datasets.allen_200um()
-    print(f"[1/3] Allen ISH energy {stack.genes} on the CCFv3 200 µm grid -> {out / 'allen'}")
+    print(f"[1/4] Allen ISH energy {stack.genes} on the CCFv3 200 µm grid -> {out / 'allen'}")
     _, s = pipeline.run_volumes(stack, 2, out / "allen", atlas=atlas)
     for g, b in s["best_structure_per_gene"].items():
         print(f"      {g}: best structure {b['acronym']} ({b['name']}), r = {b['r']:.3f}")
     for p, b in s["best_structure"].items():
         print(f"      {p}: best structure {b['acronym']} ({b['name']}), r = {b['r']:.3f}")
-    print(f"[2/3] BDGP Drosophila embryo images (1,640), K = 21 -> {out / 'bdgp'}")
+    for p, b in s["region_combinations"]["best"].items():
+        print(f"      {p}: best contiguous combination {b['structures']}, r = {b['r']:.3f}")
+    print(f"      Moran's I (mean): {s['morans_i_mean']}")
+    print(f"[2/4] BDGP Drosophila embryo images (1,640), K = 21 -> {out / 'bdgp'}")
     _, s = pipeline.run_volumes(datasets.bdgp(), 21, out / "bdgp")
     print(f"      relative Frobenius error {s['relative_error']:.4f} after {s['n_iter']} iterations")
-    print(f"[3/3] osmFISH cells (6,471 x 33), K = 11 -> {out / 'osmfish'}")
+    print(f"[3/4] osmFISH cells (6,471 x 33), NMF K = 11 -> {out / 'osmfish'}")
     _, s = pipeline.run_cells(datasets.osmfish(), 11, out / "osmfish")
     print(f"      relative Frobenius error {s['relative_error']:.4f} after {s['n_iter']} iterations")
+    cells = datasets.osmfish()
+    cells = cells[(cells.obs["region"] != "Excluded").to_numpy()].copy()
+    print(f"[4/4] osmFISH neighbourhood NMF, K = 11, annotated cells -> {out / 'osmfish_nnmf'}")
+    _, s = pipeline.run_nnmf(cells, 11, out / "osmfish_nnmf", label_key="region")
+    print(f"      lengthscale {s['lengthscale']:.1f} µm, {s['mean_neighbors']:.1f} neighbours; "
+          f"domains vs expert regions: ARI {s['ari']:.3f}, NMI {s['nmi']:.3f}")
     print(f"Results, tables and figures are in {out.resolve()}")
     return 0
 

@@ -70,6 +70,7 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
     if missing == "impute":
         tl.check_nmf_input(adata, n_components, missing="zero")
         if np.isnan(adata.X).any():
+            tl.imputation_holdout(adata, seed=random_state).to_csv(out / "imputation_holdout.csv", index=False)
             tl.impute_knn(adata)
             layer = "imputed"
         missing = "raise"
@@ -91,6 +92,7 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
         summary["best_structure_per_gene"] = {
             p: {"acronym": g.iloc[0]["acronym"], "name": g.iloc[0]["name"], "r": float(g.iloc[0]["r"])}
             for p, g in genes.groupby("pattern", sort=False)}
+    summary.update(_osnmf_suite(adata, out, key=key, layer=layer, atlas=atlas, random_state=random_state))
     plot_patterns(adata, out / "patterns.png", key=key,
                   annotation=atlas.annotation if atlas is not None else None,
                   ontology=atlas.ontology if atlas is not None else None, region_table=regions,
@@ -98,6 +100,37 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
     summary["files"] = _write(adata, out, key)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return adata, summary
+
+
+def _osnmf_suite(adata: ad.AnnData, out: Path, *, key: str, layer, atlas, random_state: int) -> dict:
+    """The osNMF read-outs of a volume result, written next to it (issue: analysis suite)."""
+    import networkx as nx
+
+    summary = {}
+    tl.marker_genes(adata, key=key).to_csv(out / "marker_genes.csv", index=False)
+    rec = tl.reconstruction_accuracy(adata, key=key, layer=layer)
+    rec.to_csv(out / "reconstruction_accuracy.csv")
+    summary["reconstruction_r_median"] = {c: float(rec[c].median()) for c in rec.columns}
+    mi = tl.morans_i(adata, key=key, layer=layer)
+    mi.to_csv(out / "morans_i.csv", index=False)
+    summary["morans_i_mean"] = {c: float(mi[c].mean()) for c in mi.columns if c != "pattern"}
+    if adata.n_vars >= 3:
+        net_dir = out / "networks"
+        net_dir.mkdir(exist_ok=True)
+        edges = []
+        for name, G in tl.coexpression_networks(adata, key=key).items():
+            nx.write_graphml(G, net_dir / f"{name}.graphml")
+            edges += [(name, a, b, d["weight"]) for a, b, d in G.edges(data=True)]
+        pd.DataFrame(edges, columns=["pattern", "gene_a", "gene_b", "r"]).to_csv(net_dir / "edges.csv", index=False)
+    if atlas is not None and atlas.ontology is not None:
+        table = tl.region_combinations(adata, atlas.annotation, atlas.ontology, key=key)
+        table.to_csv(out / "region_combinations.csv", index=False)
+        res = adata.uns[f"{key}_region_combinations"]
+        res["best"].to_csv(out / "best_region_combinations.csv", index=False)
+        summary["region_combinations"] = {
+            "counts": {k: res[k] for k in ("n_structures", "n_pairs", "n_triples")},
+            "best": {r.pattern: {"structures": r.structures, "r": float(r.score)} for r in res["best"].itertuples()}}
+    return summary
 
 
 def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 0,
@@ -148,4 +181,32 @@ def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=N
                "store": str(store)}
     summary["files"] = _write(res, out, "nmf")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return res, summary
+
+
+def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None = None, seed: int = 0,
+             **kwargs) -> tuple[ad.AnnData, dict]:
+    """Neighbourhood NMF of a cell AnnData (:func:`napari_spatial_nmf.tl.nnmf`, ``filter_cells=True``),
+    files in ``out``: ``result.h5ad``, ``top_genes.csv``, ``domains.csv`` and ``summary.json``
+    (with ARI / NMI against ``obs[label_key]`` when given)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs.setdefault("filter_cells", True)
+    res = tl.nnmf(adata, n_components, seed=seed, copy=True, **kwargs)
+    rec = res.uns["nnmf"]
+    summary = {"n_cells": res.n_obs, "n_fitted_cells": rec["n_fitted_cells"], "n_components": n_components,
+               "lengthscale": rec["lengthscale"], "mean_neighbors": rec["mean_neighbors"], "gkl": rec["gkl"],
+               "n_iter": rec["n_iter"], "filtered": rec["filtered"], "seed": seed}
+    dom = res.obs["nnmf_domain"]
+    if label_key is not None:
+        ok = dom.notna().to_numpy()
+        lab = res.obs[label_key].astype(str).to_numpy()[ok]
+        summary["ari"] = float(adjusted_rand_score(lab, dom[ok]))
+        summary["nmi"] = float(normalized_mutual_info_score(lab, dom[ok]))
+    tl.nnmf_top_genes(res).to_csv(out / "top_genes.csv", index=False)
+    pd.DataFrame({"cell": res.obs_names, "domain": dom.astype(object)}).to_csv(out / "domains.csv", index=False)
+    res.write_h5ad(out / "result.h5ad")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return res, summary

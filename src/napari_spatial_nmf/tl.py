@@ -649,3 +649,159 @@ def spatially_variable_genes(adata: ad.AnnData, *, lengthscale: float | None = N
     out.uns[key_added] = provenance("svg_score", {"lengthscale": ls, "kernel_cutoff": kernel_cutoff,
                                                   "slice_key": slice_key, "layer": layer})
     return out if copy else None
+
+
+# --------------------------------------------------------------------------- osNMF analysis suite
+
+def _volume_result(adata: ad.AnnData, key: str):
+    if f"X_{key}" not in adata.obsm or f"{key}_coefficients" not in adata.varm:
+        raise KeyError(f"No NMF result {key!r} in the AnnData: run tl.nmf(adata, K, key_added={key!r}) first.")
+    W = np.asarray(adata.obsm[f"X_{key}"], dtype=np.float64)
+    H = np.asarray(adata.varm[f"{key}_coefficients"], dtype=np.float64).T
+    names = list(adata.uns[key]["pattern_names"]) if key in adata.uns else pattern_names(W.shape[1])
+    return W, H, names
+
+
+def region_combinations(adata: ad.AnnData, annotation: np.ndarray, ontology: Ontology, *, key: str = "nmf",
+                        level=None, max_size: int = 3, score: str = "pearson", n_top: int = 20) -> pd.DataFrame:
+    """Best single structure, contiguous pair and triple per principal pattern (osNMF).
+
+    Exhaustive and exact from per-structure sums
+    (:func:`napari_spatial_nmf.core.atlas_stats.region_combinations`); structures touch
+    if a 6-connected binary dilation of one meets the other. ``level``: None (the
+    annotation's own structures), "coarse" (the 12 major divisions), an ontology depth, or
+    a list of structures. Stores the best combination per pattern and the counts of
+    structures, pairs and triples in ``uns[f"{key}_region_combinations"]``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The ranked table (``pattern, size, rank, structures, ids, score, n_voxels``).
+
+    Raises
+    ------
+    ValueError
+        Annotation and patterns on different grids; an ontology without the level; an
+        empty mask. KeyError: no NMF result ``key``.
+    """
+    from .core import atlas_stats as _A
+
+    W, _, names = _volume_result(adata, key)
+    grid = _grid.grid_of(adata)
+    ann = np.asarray(annotation)
+    if ann.shape != tuple(grid.shape):
+        raise ValueError(f"The annotation has shape {ann.shape} but the patterns are on a {tuple(grid.shape)} grid: "
+                         "use the annotation of the same grid (resample one of them).")
+    labels = _A.structure_labels(ann, ontology, level)
+    vols = _grid.to_volume(adata, W.astype(np.float32))
+    table, counts = _A.region_combinations(vols, labels, ontology, names=names, max_size=max_size, score=score,
+                                           n_top=n_top)
+    rec = provenance("region_combinations", {"key": key, "level": str(level), "max_size": max_size,
+                                             "score": score, "n_top": n_top})
+    rec.update(counts)
+    rec["best"] = _A.best_combinations(table)
+    adata.uns[f"{key}_region_combinations"] = rec
+    return table
+
+
+def morans_i(adata: ad.AnnData, *, key: str = "nmf", layer: str | None = None, compare_pca: bool = True,
+             threshold: float = 0.0) -> pd.DataFrame:
+    """Moran's I of each principal pattern's hard map, rook adjacency in the mask (osNMF).
+
+    Each voxel goes to its largest pattern if that exceeds ``threshold``; Moran's I of each
+    pattern's 0/1 map with sparse rook (face-neighbour) weights among the mask voxels
+    (:func:`napari_spatial_nmf.core.atlas_stats.morans_i`; no dense voxels^2 matrix, no
+    downsampling). With ``compare_pca``, the same for PCA patterns at the same K (hard
+    map of components > 0, as osNMF's ``runManyMoranI``) from the same data.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``pattern, morans_i`` (and ``pca_morans_i``); the mean is the paper's summary
+        (osNMF tutorial, K=11: 0.577 at half resolution).
+    """
+    from .core import atlas_stats as _A
+
+    W, _, names = _volume_result(adata, key)
+    grid = _grid.grid_of(adata)
+    mask = np.zeros(int(np.prod(grid.shape)), bool)
+    mask[grid.voxel] = True
+    wts = _A.rook_weights(mask.reshape(grid.shape))
+    perm = np.argsort(grid.voxel)  # rook_weights numbers the mask voxels in C order
+    out = pd.DataFrame({"pattern": names,
+                        "morans_i": _A.morans_i(_A.hard_map_indicators(W[perm], threshold).astype(float), wts)})
+    if compare_pca:
+        X = _matrix(adata, layer).astype(np.float64)
+        pcs, _, _ = _A.pca_patterns(np.nan_to_num(X), W.shape[1])
+        out["pca_morans_i"] = _A.morans_i(_A.hard_map_indicators(pcs[perm], 0.0).astype(float), wts)
+    adata.uns[f"{key}_morans_i"] = {**provenance("morans_i", {"key": key, "threshold": threshold,
+                                                              "compare_pca": compare_pca}), "table": out}
+    return out
+
+
+def reconstruction_accuracy(adata: ad.AnnData, *, key: str = "nmf", layer: str | None = None,
+                            compare_pca: bool = True) -> pd.DataFrame:
+    """Pearson r per gene between the data and its reconstruction W H (osNMF
+    ``geneReconstructionAcccuracy``), and PCA at the same K for comparison.
+
+    Writes ``var[f"{key}_reconstruction_r"]`` (and ``var["pca_reconstruction_r"]``) and
+    returns them as a DataFrame indexed by gene.
+    """
+    from .core import atlas_stats as _A
+
+    W, H, _ = _volume_result(adata, key)
+    X = np.nan_to_num(_matrix(adata, layer).astype(np.float64))
+    out = pd.DataFrame({f"{key}_reconstruction_r": _A.reconstruction_accuracy(X, W, H)}, index=adata.var_names)
+    if compare_pca:
+        pcs, loadings, mean = _A.pca_patterns(X, W.shape[1])
+        # genes are the PCA samples: gene j over the voxels ~ mean + pcs @ loadings[:, j]
+        rec = mean[:, None] + pcs @ loadings
+        out["pca_reconstruction_r"] = _A.reconstruction_accuracy(X, rec, np.eye(rec.shape[1]))
+    for c in out.columns:
+        adata.var[c] = out[c].to_numpy()
+    return out
+
+
+def marker_genes(adata: ad.AnnData, *, key: str = "nmf", n_top: int = 10) -> pd.DataFrame:
+    """osNMF marker genes per pattern: genes whose largest coefficient is the pattern, ranked by
+    the importance a_kj / sum_k a_kj. Columns ``pattern, rank, gene, importance, coefficient``."""
+    from .core import atlas_stats as _A
+
+    _, H, names = _volume_result(adata, key)
+    return _A.marker_genes(H, list(adata.var_names), names, n_top=n_top)
+
+
+def coexpression_networks(adata: ad.AnnData, *, key: str = "nmf", n_genes: int = 20, rule: str = "paper") -> dict:
+    """Spatial gene co-expression network per pattern (networkx.Graph), keyed by pattern name.
+
+    Nodes: the pattern's ``n_genes`` most important genes; edges: the top 5% of pairwise
+    Pearson correlations of their reconstructed volumes (``rule="paper"``) or all r > 0
+    (``rule="reference"``, the osNMF tutorial code). See
+    :func:`napari_spatial_nmf.core.atlas_stats.coexpression_network`.
+    """
+    from .core import atlas_stats as _A
+
+    W, H, names = _volume_result(adata, key)
+    n_genes = min(n_genes, adata.n_vars)
+    if n_genes < 2:
+        raise ValueError("A co-expression network needs at least 2 genes.")
+    return {name: _A.coexpression_network(W, H, list(adata.var_names), k, n_genes=n_genes, rule=rule)
+            for k, name in enumerate(names)}
+
+
+def imputation_holdout(adata: ad.AnnData, *, fraction: float = 0.05, n_neighbors: int = 6, seed: int = 0,
+                       layer: str | None = None) -> pd.DataFrame:
+    """Hold-out check of :func:`impute_knn` per gene: hide ``fraction`` of the measured voxels,
+    impute them, report mean absolute error and Pearson r (columns ``gene, n_held_out, mae, r,
+    mean_value``). The osNMF paper reports this check for its k-NN imputation."""
+    from .core import atlas_stats as _A
+
+    if "spatial" not in adata.obsm:
+        raise ValueError("imputation_holdout needs coordinates in adata.obsm['spatial'].")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction!r}.")
+    X = _matrix(adata, layer)
+    res = _A.imputation_holdout(X, np.asarray(adata.obsm["spatial"]), fraction=fraction,
+                                n_neighbors=n_neighbors, seed=seed)
+    res.insert(0, "gene", np.asarray(adata.var_names)[res.pop("gene_index").to_numpy()])
+    return res
