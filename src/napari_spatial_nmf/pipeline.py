@@ -108,10 +108,11 @@ def _osnmf_suite(adata: ad.AnnData, out: Path, *, key: str, layer, atlas, random
 
     summary = {}
     tl.marker_genes(adata, key=key).to_csv(out / "marker_genes.csv", index=False)
-    rec = tl.reconstruction_accuracy(adata, key=key, layer=layer)
+    pca = tl.pca_baseline(adata, adata.obsm[f"X_{key}"].shape[1], layer=layer)  # fitted once for both
+    rec = tl.reconstruction_accuracy(adata, key=key, layer=layer, pca=pca)
     rec.to_csv(out / "reconstruction_accuracy.csv")
     summary["reconstruction_r_median"] = {c: float(rec[c].median()) for c in rec.columns}
-    mi = tl.morans_i(adata, key=key, layer=layer)
+    mi = tl.morans_i(adata, key=key, layer=layer, pca=pca)
     mi.to_csv(out / "morans_i.csv", index=False)
     summary["morans_i_mean"] = {c: float(mi[c].mean()) for c in mi.columns if c != "pattern"}
     if adata.n_vars >= 3:

@@ -35,7 +35,8 @@ from .core.stability import iter_stability as _iter_stability
 MISSING_MODES = ("raise", "zero")
 
 
-def _matrix(adata: ad.AnnData, layer: str | None) -> np.ndarray:
+def _stored_matrix(adata: ad.AnnData, layer: str | None):
+    """``adata.X`` or ``adata.layers[layer]`` as stored (dense or sparse), checked to exist."""
     if not isinstance(adata, ad.AnnData):
         raise TypeError(f"Expected an AnnData; got {type(adata).__name__}.")
     if layer is None:
@@ -46,9 +47,12 @@ def _matrix(adata: ad.AnnData, layer: str | None) -> np.ndarray:
         raise KeyError(f"No layer {layer!r} in the AnnData; it has {list(adata.layers)}.")
     if X is None:
         raise ValueError("The AnnData has no X matrix.")
-    if hasattr(X, "toarray"):
-        X = X.toarray()
-    return np.asarray(X)
+    return X
+
+
+def _matrix(adata: ad.AnnData, layer: str | None) -> np.ndarray:
+    X = _stored_matrix(adata, layer)
+    return np.asarray(X.toarray() if hasattr(X, "toarray") else X)
 
 
 def pattern_names(k: int) -> list[str]:
@@ -359,21 +363,9 @@ def signature_names(k: int) -> list[str]:
 
 def _cell_input(adata: ad.AnnData, *, layer, spatial_key, slice_key, filter_cells: bool):
     """Check an NNMF input; return (kept cells mask, counts CSR, coords or None, slices or None, counts of filtered)."""
-    import scipy.sparse as sp
-
     from .core import nnmf as _nn
 
-    if not isinstance(adata, ad.AnnData):
-        raise TypeError(f"Expected an AnnData; got {type(adata).__name__}.")
-    if layer is None:
-        X = adata.X
-    elif layer in adata.layers:
-        X = adata.layers[layer]
-    else:
-        raise KeyError(f"No layer {layer!r} in the AnnData; it has {list(adata.layers)}.")
-    if X is None:
-        raise ValueError("The AnnData has no X matrix.")
-    X = sp.csr_matrix(X, dtype=np.float64, copy=True) if sp.issparse(X) else sp.csr_matrix(np.asarray(X, np.float64))
+    X = _stored_matrix(adata, layer)  # check_counts below makes the one CSR copy the fit uses
     coords = None
     if spatial_key is not None and spatial_key in adata.obsm:
         coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
@@ -389,10 +381,9 @@ def _cell_input(adata: ad.AnnData, *, layer, spatial_key, slice_key, filter_cell
     keep = np.ones(X.shape[0], bool)
     n_zero = n_dup = 0
     if filter_cells:
-        if X.data.size and (np.isfinite(X.data).all() and (X.data >= 0).all()):
-            zero = np.asarray(X.sum(axis=1)).ravel() == 0
-            n_zero = int(zero.sum())
-            keep &= ~zero
+        zero = np.asarray((X != 0).sum(axis=1)).ravel() == 0  # NaN counts as non-zero: check_counts reports it
+        n_zero = int(zero.sum())
+        keep &= ~zero
         if coords is not None:
             dup = np.zeros_like(keep)
             dup[keep] = _nn.duplicated_cells(coords[keep], None if slices is None else slices[keep])
@@ -431,10 +422,9 @@ def iter_nnmf(
     """Generator twin of :func:`nnmf`: checks the input at once, then yields per iteration."""
     from .core import nnmf as _nn
 
-    K = check_n_components(n_components, adata.n_obs, adata.n_vars)
     keep, X, coords, slices, filtered = _cell_input(adata, layer=layer, spatial_key=spatial_key,
                                                     slice_key=slice_key, filter_cells=filter_cells)
-    check_n_components(K, *X.shape)
+    K = check_n_components(n_components, *X.shape)
     if lengthscale is not None and (not np.isfinite(lengthscale) or lengthscale <= 0):
         raise ValueError(f"lengthscale must be a positive distance in µm (or None for the default); got {lengthscale!r}.")
     if not 0 < kernel_cutoff < 1:
@@ -704,8 +694,20 @@ def region_combinations(adata: ad.AnnData, annotation: np.ndarray, ontology: Ont
     return table
 
 
+def pca_baseline(adata: ad.AnnData, n_components: int, *, layer: str | None = None) -> tuple:
+    """PCA at the same K as an NMF result, the osNMF comparison (genes as samples; NaN as 0).
+
+    Returns ``(patterns (n_obs, K), loadings (K, n_genes), mean (n_obs,))``
+    (:func:`napari_spatial_nmf.core.atlas_stats.pca_patterns`); pass it as ``pca=`` to
+    :func:`morans_i` and :func:`reconstruction_accuracy` to fit it once.
+    """
+    from .core import atlas_stats as _A
+
+    return _A.pca_patterns(np.nan_to_num(_matrix(adata, layer).astype(np.float64)), n_components)
+
+
 def morans_i(adata: ad.AnnData, *, key: str = "nmf", layer: str | None = None, compare_pca: bool = True,
-             threshold: float = 0.0) -> pd.DataFrame:
+             threshold: float = 0.0, pca: tuple | None = None) -> pd.DataFrame:
     """Moran's I of each principal pattern's hard map, rook adjacency in the mask (osNMF).
 
     Each voxel goes to its largest pattern if that exceeds ``threshold``; Moran's I of each
@@ -731,8 +733,7 @@ def morans_i(adata: ad.AnnData, *, key: str = "nmf", layer: str | None = None, c
     out = pd.DataFrame({"pattern": names,
                         "morans_i": _A.morans_i(_A.hard_map_indicators(W[perm], threshold).astype(float), wts)})
     if compare_pca:
-        X = _matrix(adata, layer).astype(np.float64)
-        pcs, _, _ = _A.pca_patterns(np.nan_to_num(X), W.shape[1])
+        pcs, _, _ = pca if pca is not None else pca_baseline(adata, W.shape[1], layer=layer)
         out["pca_morans_i"] = _A.morans_i(_A.hard_map_indicators(pcs[perm], 0.0).astype(float), wts)
     adata.uns[f"{key}_morans_i"] = {**provenance("morans_i", {"key": key, "threshold": threshold,
                                                               "compare_pca": compare_pca}), "table": out}
@@ -740,7 +741,7 @@ def morans_i(adata: ad.AnnData, *, key: str = "nmf", layer: str | None = None, c
 
 
 def reconstruction_accuracy(adata: ad.AnnData, *, key: str = "nmf", layer: str | None = None,
-                            compare_pca: bool = True) -> pd.DataFrame:
+                            compare_pca: bool = True, pca: tuple | None = None) -> pd.DataFrame:
     """Pearson r per gene between the data and its reconstruction W H (osNMF
     ``geneReconstructionAcccuracy``), and PCA at the same K for comparison.
 
@@ -751,12 +752,11 @@ def reconstruction_accuracy(adata: ad.AnnData, *, key: str = "nmf", layer: str |
 
     W, H, _ = _volume_result(adata, key)
     X = np.nan_to_num(_matrix(adata, layer).astype(np.float64))
-    out = pd.DataFrame({f"{key}_reconstruction_r": _A.reconstruction_accuracy(X, W, H)}, index=adata.var_names)
+    out = pd.DataFrame({f"{key}_reconstruction_r": _A.reconstruction_accuracy(X, W @ H)}, index=adata.var_names)
     if compare_pca:
-        pcs, loadings, mean = _A.pca_patterns(X, W.shape[1])
+        pcs, loadings, mean = pca if pca is not None else pca_baseline(adata, W.shape[1], layer=layer)
         # genes are the PCA samples: gene j over the voxels ~ mean + pcs @ loadings[:, j]
-        rec = mean[:, None] + pcs @ loadings
-        out["pca_reconstruction_r"] = _A.reconstruction_accuracy(X, rec, np.eye(rec.shape[1]))
+        out["pca_reconstruction_r"] = _A.reconstruction_accuracy(X, mean[:, None] + pcs @ loadings)
     for c in out.columns:
         adata.var[c] = out[c].to_numpy()
     return out

@@ -301,14 +301,14 @@ def hard_map_indicators(patterns: np.ndarray, threshold: float = 0.0) -> np.ndar
 
 # --------------------------------------------------------------------------- genes
 
-def reconstruction_accuracy(X: np.ndarray, W: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """Pearson r per gene between the data and the reconstruction W H, (n_genes,).
+def reconstruction_accuracy(X: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Pearson r per gene between the data and a reconstruction (W H for NMF), (n_genes,).
 
     osNMF's ``geneReconstructionAcccuracy``: the data clipped at 0, NaN r (a constant
-    column) as 0. X (n_obs, n_genes), W (n_obs, K), H (K, n_genes).
+    column) as 0. X and R (n_obs, n_genes).
     """
     A = np.maximum(np.asarray(X, dtype=np.float64), 0)
-    R = np.asarray(W, dtype=np.float64) @ np.asarray(H, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
     a = A - A.mean(axis=0)
     b = R - R.mean(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -321,6 +321,7 @@ def pca_patterns(X: np.ndarray, n_components: int, random_state: int = 0):
 
     As the osNMF comparison, genes are the samples: the patterns are the principal axes
     over voxels of the genes x voxels matrix; X ~ mean[:, None] + patterns @ loadings.
+    NaN must be filled first.
     """
     from sklearn.decomposition import PCA
 
@@ -402,13 +403,12 @@ def imputation_holdout(X: np.ndarray, coords: np.ndarray, *, fraction: float = 0
     A = np.asarray(X, dtype=np.float64)
     rows = []
     for g in range(A.shape[1]):
-        meas = np.flatnonzero(np.isfinite(A[:, g]))
-        hide = rng.choice(meas, max(1, int(round(fraction * meas.size))), replace=False)
-        col = A[:, g].copy()
+        meas = np.flatnonzero(np.isfinite(A[:, g]))  # only measured voxels: the truly missing ones are not scored
+        col = A[meas, g]
+        hide = rng.choice(meas.size, max(1, int(round(fraction * meas.size))), replace=False)
         truth = col[hide].copy()
         col[hide] = np.nan
-        filled = impute_knn(col[:, None].astype(np.float32), coords, n_neighbors=n_neighbors)[:, 0]
-        pred = filled[hide]
+        pred = impute_knn(col[:, None], coords[meas], n_neighbors=n_neighbors)[hide, 0]
         r = float(np.corrcoef(truth, pred)[0, 1]) if truth.std() > 0 and pred.std() > 0 else float("nan")
         rows.append((g, hide.size, float(np.abs(truth - pred).mean()), r, float(truth.mean())))
     return pd.DataFrame(rows, columns=["gene_index", "n_held_out", "mae", "r", "mean_value"])
