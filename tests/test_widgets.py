@@ -72,7 +72,7 @@ def test_nmf_dock_on_allen_sample(make_napari_viewer, qtbot):
     assert w.result.uns["nmf"]["params"]["layer"] == "imputed"
 
 
-def test_nmf_dock_bdgp_21_patterns_inside_embryo(make_napari_viewer, qtbot):
+def test_nmf_dock_bdgp_21_patterns_inside_embryo(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "bdgp")
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
@@ -86,6 +86,32 @@ def test_nmf_dock_bdgp_21_patterns_inside_embryo(make_napari_viewer, qtbot):
     for lyr in pps:
         assert lyr.data.shape == (16, 32)
         assert (lyr.data[~embryo] == 0).all() and lyr.data[embryo].max() == pytest.approx(1.0)
+    # the atlas-analysis dock without an atlas: marker genes and co-expression networks
+    import networkx as nx
+
+    _, a = viewer.window.add_plugin_dock_widget(PLUGIN, "Atlas analysis (osNMF)")
+    assert a.atlas.value is None
+    a.n_genes.value = 12
+    a.run()
+    _wait(qtbot, a.runner)
+    assert a.results["region_combinations"] is None and a.region_table.rowCount() == 0
+    assert len(a.network_pattern.choices) == 21
+    a.network_pattern.value = a.network_pattern.choices[3]
+    G = a.network
+    assert G.number_of_nodes() == 12 and G.number_of_edges() == int(np.ceil(0.05 * 66))  # top 5% of 66 pairs
+    assert len(a.net_fig.axes[0].collections) == 2  # edges + nodes drawn
+    back = nx.read_graphml(a.export_network(tmp_path / "net.graphml"))
+    assert sorted(map(sorted, back.edges)) == sorted(map(sorted, G.edges))
+    edges = pd.read_csv(a.export_network(tmp_path / "net.csv", fmt="csv"))
+    assert list(edges.columns) == ["gene_a", "gene_b", "r"] and len(edges) == G.number_of_edges()
+    res = a._adata  # the edges are the 4 most correlated pairs of the genes' reconstructed images
+    idx = [list(res.var_names).index(g) for g in G.nodes]
+    C = np.corrcoef(res.obsm["X_nmf"] @ res.varm["nmf_coefficients"][idx].T, rowvar=False)
+    top4 = np.sort(C[np.triu_indices(12, 1)])[::-1][:4]
+    assert np.allclose(np.sort(edges["r"].to_numpy())[::-1], top4, atol=1e-5)
+    a.marker_table.selectRow(0)
+    gene = a.marker_table.item(0, 2).text()
+    assert viewer.layers[f"{gene} expression"].data.shape == (16, 32)
 
 
 def test_cancel_stops_quickly_and_adds_nothing(make_napari_viewer, qtbot):
@@ -265,3 +291,69 @@ def test_nnmf_dock_3d_starmap_and_bad_lengthscale(make_napari_viewer, qtbot):
     w.runner.cancel()
     _wait(qtbot, w.runner)
     assert len(viewer.layers) == 1  # cancelled: nothing added
+
+
+def test_atlas_analysis_dock_on_allen_sample(make_napari_viewer, qtbot, tmp_path):
+    """osNMF dock: region combinations (Pdyn's pattern -> striatal triple), bubble chart,
+    marker gene click -> gene volume, Moran's I vs PCA, save all."""
+    from napari_spatial_nmf._widgets.atlas_analysis import AtlasAnalysisWidget
+    from napari_spatial_nmf._widgets.region_correlation import HIGHLIGHT_KEY
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "allen_200um")
+    _, nmf = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
+    genes = viewer.layers["Allen ISH energy"]
+    nmf.inputs.value = [genes]
+    nmf.mask.value = viewer.layers["CCFv3 annotation"]
+    nmf.n_components.value = 2
+    nmf.run()
+    _wait(qtbot, nmf.runner)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Atlas analysis (osNMF)")
+    assert isinstance(w, AtlasAnalysisWidget)
+    assert len(w.result.choices) == 1 and w.result.value[0] is nmf.result
+    w.atlas.value = viewer.layers["CCFv3 annotation"]
+    n_layers = len(viewer.layers)
+    w.run()
+    _wait(qtbot, w.runner)
+    res = w.results
+    assert res["counts"]["n_structures"] > 600 and res["counts"]["n_triples"] > 80_000
+    # the pattern that carries Pdyn is linked to striatal structures (CP, ACB, OT: STR's descendants)
+    coef = nmf.result.varm["nmf_coefficients"]
+    pdyn_pp = nmf.result.uns["nmf"]["pattern_names"][int(np.argmax(coef[0]))]
+    best = res["region_combinations"].query("pattern == @pdyn_pp and size == 3").iloc[0]
+    onto = viewer.layers["CCFv3 annotation"].metadata["ontology"]
+    str_ids = set(onto.descendants("STR"))
+    assert {int(i) for i in best["ids"].split(",")} <= str_ids
+    assert w.region_table.rowCount() == 2 * 3  # best single, pair and triple of each pattern
+    # selecting a row outlines the union of its structures over the atlas
+    w.region_table.selectRow(0)
+    hl = next(lyr for lyr in viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY))
+    ids = [int(i) for i in w._region_rows.iloc[0]["ids"].split(",")]
+    assert np.array_equal(hl.data > 0, np.isin(viewer.layers["CCFv3 annotation"].data, ids))
+    # bubble chart: one bubble per pattern x structure shown, values = the single-structure scores
+    M = w.bubble_matrix
+    assert M.shape[0] == 2 and 2 <= M.shape[1] <= 30
+    offsets = w.bubble_fig.axes[0].collections[0].get_offsets()
+    assert len(offsets) == np.isfinite(M.to_numpy()).sum()
+    # clicking a marker gene opens its volume as a new layer: the analysed (brain-mask) voxels
+    # of the stack plane, missing values kept as NaN
+    row = next(i for i in range(w.marker_table.rowCount()) if w.marker_table.item(i, 2).text() == "Pdyn")
+    w.marker_table.selectRow(row)
+    gene_layer = viewer.layers["Pdyn expression"]
+    brain = viewer.layers["CCFv3 annotation"].data > 0
+    assert np.array_equal(gene_layer.data[brain], genes.data[0][brain], equal_nan=True)
+    assert np.isnan(gene_layer.data[~brain]).all() and np.isfinite(gene_layer.data[brain]).mean() > 0.5
+    w.marker_table.selectRow(row)
+    assert len([lyr for lyr in viewer.layers if lyr.name == "Pdyn expression"]) == 1
+    # Moran's I beside PCA at the same K
+    assert list(res["morans_i"].columns) == ["pattern", "morans_i", "pca_morans_i"]
+    # two genes give no network (needs >= 3); saving writes every table and the parameters
+    assert w.network is None
+    out = w.save_all(tmp_path / "suite")
+    saved = pd.read_csv(out / "best_region_combinations.csv")
+    assert pdyn_pp in set(saved["pattern"])
+    scores = pd.read_csv(out / "structure_scores.csv", index_col=0)
+    assert scores.shape == (2, res["counts"]["n_structures"])
+    assert (out / "structure_bubbles.png").stat().st_size > 10_000
+    assert "versions" in __import__("json").loads((out / "osnmf_parameters.json").read_text())
+    assert len(viewer.layers) == n_layers + 2  # highlight + gene layer; nothing else changed

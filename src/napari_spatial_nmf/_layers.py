@@ -140,7 +140,8 @@ def pattern_layers(adata: ad.AnnData, key: str = "nmf", *, source: str = "") -> 
     for i, (vol, cmap) in enumerate(zip(vols, pattern_colormaps(len(vols)))):
         top = pd.Series(coef[:, i], index=adata.var_names).nlargest(10)
         meta = {"pattern": names[i], "key": key, "source": source, "top_genes": list(top.index),
-                "params": dict(rec["params"]), "grid_shape": list(grid.shape)}
+                "params": dict(rec["params"]), "grid_shape": list(grid.shape),
+                "nmf_result": adata}  # the result AnnData (shared by the K layers), for the atlas-analysis dock
         out.append((vol, {"name": f"{source + ' ' if source else ''}{names[i]}".strip(),
                           "scale": grid.voxel_size, "translate": grid.origin, "blending": "additive",
                           "colormap": cmap, "contrast_limits": (0.0, 1.0), "metadata": meta}, "image"))

@@ -104,33 +104,57 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
 
 def _osnmf_suite(adata: ad.AnnData, out: Path, *, key: str, layer, atlas, random_state: int) -> dict:
     """The osNMF read-outs of a volume result, written next to it (issue: analysis suite)."""
+    with_atlas = atlas is not None and atlas.ontology is not None
+    res = drain(tl.iter_osnmf_suite(adata, atlas.annotation if with_atlas else None,
+                                    atlas.ontology if with_atlas else None, key=key, layer=layer))
+    return write_osnmf_suite(res, out)
+
+
+def write_osnmf_suite(res: dict, out) -> dict:
+    """Write the results of :func:`napari_spatial_nmf.tl.iter_osnmf_suite` to ``out``.
+
+    Files: ``marker_genes.csv``, ``reconstruction_accuracy.csv``, ``morans_i.csv``,
+    ``networks/<pattern>.graphml`` and ``networks/edges.csv``; with an atlas,
+    ``region_combinations.csv``, ``best_region_combinations.csv``, ``structure_scores.csv``
+    (pattern × structure) and ``structure_bubbles.png``; always ``osnmf_parameters.json``
+    (parameters, versions, time). Returns a JSON-ready summary.
+    """
     import networkx as nx
 
-    summary = {}
-    tl.marker_genes(adata, key=key).to_csv(out / "marker_genes.csv", index=False)
-    pca = tl.pca_baseline(adata, adata.obsm[f"X_{key}"].shape[1], layer=layer)  # fitted once for both
-    rec = tl.reconstruction_accuracy(adata, key=key, layer=layer, pca=pca)
+    from .core.atlas_stats import best_combinations
+    from .plotting import plot_structure_bubbles, structure_score_matrix
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {}
+    res["marker_genes"].to_csv(out / "marker_genes.csv", index=False)
+    rec = res["reconstruction_accuracy"]
     rec.to_csv(out / "reconstruction_accuracy.csv")
     summary["reconstruction_r_median"] = {c: float(rec[c].median()) for c in rec.columns}
-    mi = tl.morans_i(adata, key=key, layer=layer, pca=pca)
+    mi = res["morans_i"]
     mi.to_csv(out / "morans_i.csv", index=False)
     summary["morans_i_mean"] = {c: float(mi[c].mean()) for c in mi.columns if c != "pattern"}
-    if adata.n_vars >= 3:
+    if res["networks"]:
         net_dir = out / "networks"
         net_dir.mkdir(exist_ok=True)
         edges = []
-        for name, G in tl.coexpression_networks(adata, key=key).items():
+        for name, G in res["networks"].items():
             nx.write_graphml(G, net_dir / f"{name}.graphml")
             edges += [(name, a, b, d["weight"]) for a, b, d in G.edges(data=True)]
         pd.DataFrame(edges, columns=["pattern", "gene_a", "gene_b", "r"]).to_csv(net_dir / "edges.csv", index=False)
-    if atlas is not None and atlas.ontology is not None:
-        table = tl.region_combinations(adata, atlas.annotation, atlas.ontology, key=key)
+    table = res["region_combinations"]
+    if table is not None:
         table.to_csv(out / "region_combinations.csv", index=False)
-        res = adata.uns[f"{key}_region_combinations"]
-        res["best"].to_csv(out / "best_region_combinations.csv", index=False)
+        best = best_combinations(table)
+        best.to_csv(out / "best_region_combinations.csv", index=False)
+        score = res["params"]["params"]["score"]
+        structure_score_matrix(res["structure_scores"], max_columns=10**6).to_csv(out / "structure_scores.csv")
+        plot_structure_bubbles(res["structure_scores"], out / "structure_bubbles.png", score=score,
+                               title="principal pattern × structure")
         summary["region_combinations"] = {
-            "counts": {k: res[k] for k in ("n_structures", "n_pairs", "n_triples")},
-            "best": {r.pattern: {"structures": r.structures, "r": float(r.score)} for r in res["best"].itertuples()}}
+            "counts": {k: int(res["counts"][k]) for k in ("n_structures", "n_pairs", "n_triples")},
+            "best": {r.pattern: {"structures": r.structures, "r": float(r.score)} for r in best.itertuples()}}
+    (out / "osnmf_parameters.json").write_text(json.dumps(res["params"], indent=2, default=str))
     return summary
 
 

@@ -106,3 +106,89 @@ def plot_instability(table, path, *, title: str = "") -> Path:
     ax.set_ylabel("instability")
     ax.legend(fontsize=8)
     return _save(fig, path, title)
+
+
+def structure_score_matrix(table, *, max_columns: int = 30):
+    """Pattern × structure scores for the bubble chart, from a single-structure table.
+
+    ``table`` has the columns of :func:`napari_spatial_nmf.core.atlas_stats.region_combinations`
+    (rows with ``size == 1``). All structures are kept when there are at most
+    ``max_columns``; otherwise the union of every pattern's best structures, taking the
+    top 1, 2, … of each pattern while the union stays within ``max_columns``. Columns keep
+    the table's structure order (ontology ids ascending).
+
+    Returns
+    -------
+    pandas.DataFrame
+        (patterns, structures) scores; NaN where a structure was not scored.
+    """
+    import pandas as pd
+
+    single = table[table["size"] == 1]
+    if single.empty:
+        raise ValueError("The table has no single-structure rows (size == 1).")
+    ids = single["ids"].map(lambda v: int(str(v).split(",")[0]))
+    M = pd.pivot_table(single.assign(_id=ids), index="pattern", columns="_id", values="score", aggfunc="first")
+    M = M.reindex(index=list(dict.fromkeys(single["pattern"])))
+    acr = dict(zip(ids, single["structures"]))
+    if M.shape[1] > max_columns:
+        keep: list = []
+        ranked = {p: M.loc[p].dropna().sort_values(ascending=False).index.tolist() for p in M.index}
+        for depth in range(1, M.shape[1] + 1):
+            cand = list(dict.fromkeys(keep + [s for p in M.index for s in ranked[p][:depth]]))
+            if len(cand) > max_columns:
+                break
+            keep = cand
+        M = M[sorted(keep)]
+    M.columns = [acr[c] for c in M.columns]
+    return M
+
+
+def draw_structure_bubbles(ax, matrix, *, score: str = "pearson") -> None:
+    """Bubble chart of pattern × structure scores (the osNMF paper's Fig. 2 layout).
+
+    Bubble area ∝ |score|, colour = score (Pearson r: diverging, −1…1; Dice: 0…1); the
+    best structure of each pattern has a black outline. ``matrix`` as returned by
+    :func:`structure_score_matrix`.
+    """
+    M = np.asarray(matrix, dtype=np.float64)
+    yy, xx = np.mgrid[0:M.shape[0], 0:M.shape[1]]
+    ok = np.isfinite(M)
+    vmin, cmap = (-1.0, "RdBu_r") if score == "pearson" else (0.0, "viridis")
+    sc = ax.scatter(xx[ok], yy[ok], s=20 + 380 * np.abs(M[ok]), c=M[ok], cmap=cmap, vmin=vmin, vmax=1.0,
+                    linewidths=0)
+    best = np.nanargmax(np.where(ok, M, -np.inf), axis=1)
+    ax.scatter(best, np.arange(M.shape[0]), s=20 + 380 * np.abs(M[np.arange(M.shape[0]), best]),
+               facecolors="none", edgecolors="black", linewidths=1.2)
+    ax.set_xticks(range(M.shape[1]), list(matrix.columns), rotation=90, fontsize=7)
+    ax.set_yticks(range(M.shape[0]), list(matrix.index), fontsize=7)
+    ax.set_xlim(-0.6, M.shape[1] - 0.4)
+    ax.set_ylim(M.shape[0] - 0.4, -0.6)
+    ax.figure.colorbar(sc, ax=ax, label="Pearson r" if score == "pearson" else "Dice", shrink=0.8)
+
+
+def draw_network(ax, G, *, seed: int = 0) -> None:
+    """Draw a co-expression network: node size ∝ importance, edge width and colour ∝ r
+    (spring layout with a fixed seed, so the same network is drawn the same way)."""
+    import matplotlib
+    import networkx as nx
+
+    ax.set_axis_off()
+    if G.number_of_nodes() == 0:
+        return
+    pos = nx.spring_layout(G, seed=seed, weight="weight")
+    imp = np.array([G.nodes[n].get("importance", 0.5) for n in G.nodes])
+    w = np.array([d.get("weight", 0.0) for _, _, d in G.edges(data=True)])
+    nx.draw_networkx_edges(G, pos, ax=ax, width=0.5 + 2.5 * np.clip(w, 0, 1), edge_color=w if len(w) else "grey",
+                           edge_cmap=matplotlib.colormaps["Greys"], edge_vmin=-0.2, edge_vmax=1.0)
+    nx.draw_networkx_nodes(G, pos, ax=ax, node_size=60 + 340 * imp, node_color="tab:orange", linewidths=0)
+    nx.draw_networkx_labels(G, pos, ax=ax, font_size=7)
+
+
+def plot_structure_bubbles(table, path, *, score: str = "pearson", title: str = "") -> Path:
+    """Save the pattern × structure bubble chart (:func:`draw_structure_bubbles`)."""
+    M = structure_score_matrix(table)
+    fig, axes = _figure(1, panel_size=(max(4.0, 0.32 * M.shape[1] + 2.0), max(2.2, 0.35 * M.shape[0] + 1.4)))
+    axes[0].set_axis_on()
+    draw_structure_bubbles(axes[0], M, score=score)
+    return _save(fig, path, title)

@@ -805,3 +805,75 @@ def imputation_holdout(adata: ad.AnnData, *, fraction: float = 0.05, n_neighbors
                                 n_neighbors=n_neighbors, seed=seed)
     res.insert(0, "gene", np.asarray(adata.var_names)[res.pop("gene_index").to_numpy()])
     return res
+
+
+def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, ontology: Ontology | None = None, *,
+                     key: str = "nmf", layer: str | None = None, level=None, score: str = "pearson",
+                     n_top: int = 20, n_marker_genes: int = 20, n_network_genes: int = 20,
+                     network_rule: str = "paper", compare_pca: bool = True) -> Generator[Progress, None, dict]:
+    """All osNMF read-outs of a volume NMF result, one step per yield (Cancel between steps).
+
+    Steps: marker genes (:func:`marker_genes`); reconstruction accuracy and Moran's I,
+    each beside PCA at the same K fitted once (:func:`pca_baseline`); a co-expression
+    network per pattern (:func:`coexpression_networks`); with an atlas, the region
+    combinations (:func:`region_combinations`) and every pattern's score with every
+    single structure of the level (for the pattern × structure bubble chart). Inputs are
+    checked before the first step: a missing result, an annotation on another grid or an
+    unknown level raise before anything runs.
+
+    Returns
+    -------
+    dict
+        ``marker_genes, reconstruction_accuracy, morans_i, region_combinations,
+        structure_scores`` (DataFrames; the last two None without an atlas), ``labels``
+        (the annotation relabelled at ``level``, or None), ``networks``
+        ({pattern: networkx.Graph}, empty with fewer than 3 genes), ``counts`` (structures,
+        pairs, triples) and ``params`` (the call's parameters, versions, time).
+    """
+    from .core import atlas_stats as _A
+
+    W, _, names = _volume_result(adata, key)
+    labels = None
+    if annotation is not None:
+        if ontology is None:
+            raise ValueError("Region combinations need the atlas ontology with the annotation.")
+        ann = np.asarray(annotation)
+        grid = _grid.grid_of(adata)
+        if ann.shape != tuple(grid.shape):
+            raise ValueError(f"The annotation has shape {ann.shape} but the patterns are on a {tuple(grid.shape)} "
+                             "grid: use the annotation of the same grid (resample one of them).")
+        labels = _A.structure_labels(ann, ontology, level)
+    if network_rule not in ("paper", "reference"):
+        raise ValueError(f"network_rule must be 'paper' or 'reference'; got {network_rule!r}.")
+    if score not in ("pearson", "dice"):
+        raise ValueError(f"score must be 'pearson' or 'dice'; got {score!r}.")
+    rec = provenance("osnmf_suite", {"key": key, "layer": layer, "level": str(level), "score": score,
+                                     "n_top": n_top, "n_marker_genes": n_marker_genes,
+                                     "n_network_genes": n_network_genes, "network_rule": network_rule})
+    out = {"params": rec, "region_combinations": None, "structure_scores": None, "counts": {}, "networks": {},
+           "labels": labels}
+    total = 5 if labels is not None else 4
+    yield Progress(0, total, "marker genes")
+    out["marker_genes"] = marker_genes(adata, key=key, n_top=n_marker_genes)
+    yield Progress(1, total, "PCA at the same K and reconstruction accuracy")
+    pca = pca_baseline(adata, W.shape[1], layer=layer) if compare_pca else None
+    out["reconstruction_accuracy"] = reconstruction_accuracy(adata, key=key, layer=layer, pca=pca,
+                                                             compare_pca=compare_pca)
+    yield Progress(2, total, "Moran's I")
+    out["morans_i"] = morans_i(adata, key=key, layer=layer, pca=pca, compare_pca=compare_pca)
+    yield Progress(3, total, "co-expression networks")
+    if adata.n_vars >= 3:
+        out["networks"] = coexpression_networks(adata, key=key, n_genes=n_network_genes, rule=network_rule)
+    if labels is not None:
+        yield Progress(4, total, "region combinations (singles, contiguous pairs and triples)")
+        vols = _grid.to_volume(adata, W.astype(np.float32))
+        table, counts = _A.region_combinations(vols, labels, ontology, names=names, score=score, n_top=n_top)
+        singles, _ = _A.region_combinations(vols, labels, ontology, names=names, score=score, max_size=1,
+                                            n_top=counts["n_structures"])
+        out.update(region_combinations=table, structure_scores=singles, counts=counts)
+        adata.uns[f"{key}_region_combinations"] = {
+            **provenance("region_combinations", {"key": key, "level": str(level), "max_size": 3, "score": score,
+                                                 "n_top": n_top}),
+            **counts, "best": _A.best_combinations(table)}
+    yield Progress(total, total, "done")
+    return out

@@ -171,28 +171,7 @@ class RegionCorrelationWidget(QWidget):
             return
         onto = atlas.metadata["ontology"]
         mask = np.isin(np.asarray(atlas.data), onto.descendants(structure_id))
-        acronym = onto[structure_id]["acronym"]
-        layer = next((lyr for lyr in self.viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY)), None)
-        data = mask.astype(np.uint8)
-        if layer is None:
-            from napari.utils.colormaps import DirectLabelColormap
-
-            layer = self.viewer.add_labels(
-                data, name=f"highlight: {acronym}", scale=atlas.scale, translate=atlas.translate,
-                opacity=1.0, colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: (1.0, 0.9, 0.0, 1.0)}),
-                metadata={HIGHLIGHT_KEY: True, "structure_id": int(structure_id)})
-            layer.contour = 1  # an outline, so the pattern underneath stays visible
-        else:
-            layer.data = data
-            layer.name = f"highlight: {acronym}"
-            layer.metadata["structure_id"] = int(structure_id)
-        if mask.any():
-            centre = np.argwhere(mask).mean(axis=0)
-            world = np.asarray(atlas.translate) + centre * np.asarray(atlas.scale)
-            offset = self.viewer.dims.ndim - world.size  # layer axes are the viewer's last ones
-            for axis in self.viewer.dims.not_displayed:
-                if axis >= offset:
-                    self.viewer.dims.set_point(axis, world[axis - offset])
+        highlight_mask(self.viewer, atlas, mask, onto[structure_id]["acronym"], structure_id=int(structure_id))
 
     def _on_select(self) -> None:
         items = self.table.selectedItems()
@@ -213,3 +192,29 @@ class RegionCorrelationWidget(QWidget):
                                               "CSV (*.csv)")
         if path:
             self.export_csv(path)
+
+
+def highlight_mask(viewer, atlas, mask: np.ndarray, name: str, **metadata) -> None:
+    """Show ``mask`` (atlas grid) as the one outlined highlight Labels layer over ``atlas``
+    (created once, then reused) and move the non-displayed axes to the mask's centre."""
+    layer = next((lyr for lyr in viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY)), None)
+    data = mask.astype(np.uint8)
+    if layer is None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer = viewer.add_labels(
+            data, name=f"highlight: {name}", scale=atlas.scale, translate=atlas.translate,
+            opacity=1.0, colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: (1.0, 0.9, 0.0, 1.0)}),
+            metadata={HIGHLIGHT_KEY: True, **metadata})
+        layer.contour = 1  # an outline, so the pattern underneath stays visible
+    else:
+        layer.data = data
+        layer.name = f"highlight: {name}"
+        layer.metadata.update(metadata)
+    if mask.any():
+        centre = np.argwhere(mask).mean(axis=0)
+        world = np.asarray(atlas.translate) + centre * np.asarray(atlas.scale)
+        offset = viewer.dims.ndim - world.size  # layer axes are the viewer's last ones
+        for axis in viewer.dims.not_displayed:
+            if axis >= offset:
+                viewer.dims.set_point(axis, world[axis - offset])

@@ -248,7 +248,8 @@ def region_combinations(
 
 
 def best_combinations(table: pd.DataFrame) -> pd.DataFrame:
-    """Per pattern, the best single, pair and triple and the best overall (``size`` = its size)."""
+    """Per pattern, the best combination of any size: the rank-1 row with the highest score
+    (one row per pattern; ``size`` says whether it is a single structure, a pair or a triple)."""
     best = table[table["rank"] == 1].copy()
     overall = best.loc[best.groupby("pattern", sort=False)["score"].idxmax()]
     return overall.reset_index(drop=True)
