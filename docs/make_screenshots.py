@@ -53,6 +53,16 @@ reg.table.selectRow(0)
 viewer.layers["Allen ISH energy PP2"].visible = False
 shot(viewer, "03_region_correlation.png")
 
+viewer.window.remove_dock_widget("all")
+_, osn = viewer.window.add_plugin_dock_widget(PLUGIN, "Atlas analysis (osNMF)")
+osn.atlas.value = atlas
+osn.level.value = "coarse: 12 major divisions"
+osn.run()
+wait(osn.runner)
+osn.region_table.selectRow(0)
+viewer.layers["Allen ISH energy PP2"].visible = True
+shot(viewer, "06_atlas_analysis.png")
+
 viewer.layers.clear()
 viewer.open_sample(PLUGIN, "bdgp")
 nmf.form.reset_choices()
