@@ -357,3 +357,22 @@ def test_atlas_analysis_dock_on_allen_sample(make_napari_viewer, qtbot, tmp_path
     assert (out / "structure_bubbles.png").stat().st_size > 10_000
     assert "versions" in __import__("json").loads((out / "osnmf_parameters.json").read_text())
     assert len(viewer.layers) == n_layers + 2  # highlight + gene layer; nothing else changed
+
+
+def test_run_result_opens_as_patterns_for_the_atlas_dock(make_napari_viewer, tmp_path):
+    """`napari-spatial-nmf run`'s result.h5ad opens as pattern layers; the atlas dock lists it."""
+    from napari_spatial_nmf import datasets, pipeline
+
+    stack, atlas = datasets.allen_200um()
+    res, _ = pipeline.run_volumes(stack, 2, tmp_path / "pdyn_nrp1", atlas=atlas, max_iter=50)
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "allen_200um")
+    layers = viewer.open(str(tmp_path / "pdyn_nrp1" / "result.h5ad"), plugin=PLUGIN)
+    assert [lyr.name for lyr in layers] == ["pdyn_nrp1 PP1", "pdyn_nrp1 PP2"]
+    assert np.nanmax(layers[1].data) == pytest.approx(float(res.obsm["X_nmf"][:, 1].max()), rel=1e-6)
+    assert layers[0].metadata["nmf_result"] is layers[1].metadata["nmf_result"]
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Atlas analysis (osNMF)")
+    assert len(w.result.choices) == 1 and w.result.choices[0][0].obsm["X_nmf"].shape == (res.n_obs, 2)
+    # a cell AnnData still opens as points
+    cells = viewer.open(str(DATA / "osmfish_sscortex_6471cells_33genes.h5ad"), plugin=PLUGIN)
+    assert type(cells[0]).__name__ == "Points"

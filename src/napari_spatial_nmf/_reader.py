@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import io
-from ._layers import atlas_layer, cells_layer, stack_layer
+from ._layers import atlas_layer, cells_layer, pattern_layers, stack_layer
 
 
 def _is_label_nrrd(path: Path) -> bool:
@@ -38,9 +38,30 @@ def _read_bdgp(path):
     return [stack_layer(io.read_bdgp(path), name="BDGP images")]
 
 
-def _read_cells(path):
-    adata = io.read_cells(path)
-    return [cells_layer(adata, name=Path(path).stem)]
+def _volume_result_keys(adata) -> list[str]:
+    """NMF result keys of a volume AnnData (``napari-spatial-nmf run``'s ``result.h5ad``)."""
+    if "grid" not in adata.uns or "voxel" not in adata.obs:
+        return []
+    return [k[2:] for k in adata.obsm if k.startswith("X_") and f"{k[2:]}_coefficients" in adata.varm
+            and k[2:] in adata.uns]
+
+
+def _read_h5ad(path):
+    """A volume NMF result opens as its pattern layers (usable by the atlas-analysis dock);
+    any other AnnData as a cell point cloud."""
+    import anndata as ad
+
+    path = Path(path)
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # h5py / anndata raise many types for foreign files  # noqa: BLE001
+        raise ValueError(f"{path.name} is not an AnnData .h5ad file ({type(exc).__name__}: {exc}).") from None
+    keys = _volume_result_keys(adata)
+    if keys:
+        source = path.parent.name if path.stem == "result" else path.stem
+        return [lt for key in keys for lt in pattern_layers(adata, key, source=source)]
+    io.check_cells(adata, source=path.name)
+    return [cells_layer(adata, name=path.stem)]
 
 
 def get_reader(path):
@@ -58,7 +79,7 @@ def get_reader(path):
     if name.endswith(".zip"):
         return _read_allen
     if name.endswith(".h5ad"):
-        return _read_cells
+        return _read_h5ad
     if name.endswith(".nrrd"):
         return _read_atlas if _is_label_nrrd(p) else _read_stack
     if name.endswith((".npz", ".tif", ".tiff")):
