@@ -80,6 +80,17 @@ def test_levels_dice_and_bad_input(allen_nmf):
     table = tl.region_combinations(a, atlas.annotation, atlas.ontology, level="coarse")
     assert a.uns["nmf_region_combinations"]["n_structures"] == 12
     assert table.query("size == 1 and rank == 1 and pattern == 'PP1'")["structures"].item() == "STR"
+    # the osNMF medium level: the children of the 12 (62 in the 2017 tree; the paper counted 66)
+    onto = atlas.ontology
+    medium = A.medium_structures(onto)
+    assert len(medium) == 62 and onto.id_of("STRd") in medium and onto.id_of("CBX") in medium
+    assert all(onto.table.at[onto.table.at[i, "parent_id"], "acronym"] in A.COARSE_12 for i in medium)
+    lab = A.structure_labels(atlas.annotation, onto, "medium")
+    cp = atlas.annotation == onto.id_of("CP")
+    assert (lab[cp] == onto.id_of("STRd")).all()  # CP voxels belong to the dorsal striatum
+    med = tl.region_combinations(a, atlas.annotation, onto, level="medium")
+    assert a.uns["nmf_region_combinations"]["n_structures"] == len(np.unique(lab[lab > 0]))
+    assert med.query("size == 1 and rank == 1 and pattern == 'PP1'")["structures"].item() == "STRd"
     dice = tl.region_combinations(a, atlas.annotation, atlas.ontology, score="dice", max_size=2)
     assert dice["score"].between(0, 1).all()
     with pytest.raises(ValueError, match="depths"):

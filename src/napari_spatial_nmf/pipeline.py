@@ -148,9 +148,11 @@ def write_osnmf_suite(res: dict, out) -> dict:
         best = best_combinations(table)
         best.to_csv(out / "best_region_combinations.csv", index=False)
         score = res["params"]["params"]["score"]
-        structure_score_matrix(res["structure_scores"], max_columns=10**6).to_csv(out / "structure_scores.csv")
+        order = res["structure_order"]
+        structure_score_matrix(res["structure_scores"], max_columns=10**6, order=order).to_csv(
+            out / "structure_scores.csv")
         plot_structure_bubbles(res["structure_scores"], out / "structure_bubbles.png", score=score,
-                               title="principal pattern × structure")
+                               title="principal pattern × structure", order=order)
         summary["region_combinations"] = {
             "counts": {k: int(res["counts"][k]) for k in ("n_structures", "n_pairs", "n_triples")},
             "best": {r.pattern: {"structures": r.structures, "r": float(r.score)} for r in best.itertuples()}}

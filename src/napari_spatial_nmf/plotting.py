@@ -108,14 +108,15 @@ def plot_instability(table, path, *, title: str = "") -> Path:
     return _save(fig, path, title)
 
 
-def structure_score_matrix(table, *, max_columns: int = 30):
+def structure_score_matrix(table, *, max_columns: int = 30, order=None):
     """Pattern × structure scores for the bubble chart, from a single-structure table.
 
     ``table`` has the columns of :func:`napari_spatial_nmf.core.atlas_stats.region_combinations`
     (rows with ``size == 1``). All structures are kept when there are at most
     ``max_columns``; otherwise the union of every pattern's best structures, taking the
-    top 1, 2, … of each pattern while the union stays within ``max_columns``. Columns keep
-    the table's structure order (ontology ids ascending).
+    top 1, 2, … of each pattern while the union stays within ``max_columns``. Columns follow
+    ``order`` (structure ids, e.g. the ontology's own order, as the paper's Fig. 2), else
+    ids ascending.
 
     Returns
     -------
@@ -139,7 +140,9 @@ def structure_score_matrix(table, *, max_columns: int = 30):
             if len(cand) > max_columns:
                 break
             keep = cand
-        M = M[sorted(keep)]
+        M = M[keep]
+    rank = {int(i): r for r, i in enumerate(order)} if order is not None else {}
+    M = M[sorted(M.columns, key=lambda c: (rank.get(int(c), len(rank)), c))]
     M.columns = [acr[c] for c in M.columns]
     return M
 
@@ -185,9 +188,9 @@ def draw_network(ax, G, *, seed: int = 0) -> None:
     nx.draw_networkx_labels(G, pos, ax=ax, font_size=7)
 
 
-def plot_structure_bubbles(table, path, *, score: str = "pearson", title: str = "") -> Path:
+def plot_structure_bubbles(table, path, *, score: str = "pearson", title: str = "", order=None) -> Path:
     """Save the pattern × structure bubble chart (:func:`draw_structure_bubbles`)."""
-    M = structure_score_matrix(table)
+    M = structure_score_matrix(table, order=order)
     fig, axes = _figure(1, panel_size=(max(4.0, 0.32 * M.shape[1] + 2.0), max(2.2, 0.35 * M.shape[0] + 1.4)))
     axes[0].set_axis_on()
     draw_structure_bubbles(axes[0], M, score=score)

@@ -659,8 +659,9 @@ def region_combinations(adata: ad.AnnData, annotation: np.ndarray, ontology: Ont
     Exhaustive and exact from per-structure sums
     (:func:`napari_spatial_nmf.core.atlas_stats.region_combinations`); structures touch
     if a 6-connected binary dilation of one meets the other. ``level``: None (the
-    annotation's own structures), "coarse" (the 12 major divisions), an ontology depth, or
-    a list of structures. Stores the best combination per pattern and the counts of
+    annotation's own structures), "coarse" (the 12 major divisions), "medium" (their
+    children, the osNMF medium level), an ontology depth, or a list of structures. Stores
+    the best combination per pattern and the counts of
     structures, pairs and triples in ``uns[f"{key}_region_combinations"]``.
 
     Returns
@@ -826,7 +827,8 @@ def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, on
     dict
         ``marker_genes, reconstruction_accuracy, morans_i, region_combinations,
         structure_scores`` (DataFrames; the last two None without an atlas), ``labels``
-        (the annotation relabelled at ``level``, or None), ``networks``
+        (the annotation relabelled at ``level``, or None), ``structure_order`` (the
+        ontology's structure ids in its own order, for the chart's columns), ``networks``
         ({pattern: networkx.Graph}, empty with fewer than 3 genes), ``counts`` (structures,
         pairs, triples) and ``params`` (the call's parameters, versions, time).
     """
@@ -851,7 +853,7 @@ def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, on
                                      "n_top": n_top, "n_marker_genes": n_marker_genes,
                                      "n_network_genes": n_network_genes, "network_rule": network_rule})
     out = {"params": rec, "region_combinations": None, "structure_scores": None, "counts": {}, "networks": {},
-           "labels": labels}
+           "labels": labels, "structure_order": None if ontology is None else [int(i) for i in ontology.table.index]}
     total = 5 if labels is not None else 4
     yield Progress(0, total, "marker genes")
     out["marker_genes"] = marker_genes(adata, key=key, n_top=n_marker_genes)

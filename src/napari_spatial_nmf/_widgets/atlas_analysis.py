@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 RESULT_KEY = "nmf_result"  # pattern layers' metadata: the result AnnData they came from
 LEVELS = {"annotation structures": None, "coarse: 12 major divisions": "coarse",
+          "medium: children of the 12 (osNMF)": "medium",
           **{f"ontology depth {d}": d for d in range(3, 9)}}
 GENE_LAYER_KEY = "napari_spatial_nmf_gene"
 
@@ -281,7 +282,7 @@ class AtlasAnalysisWidget(QWidget):
     def _draw_bubbles(self) -> None:
         self.bubble_fig.clear()
         if self.results is not None and self.results["structure_scores"] is not None:
-            M = structure_score_matrix(self.results["structure_scores"])
+            M = structure_score_matrix(self.results["structure_scores"], order=self.results["structure_order"])
             draw_structure_bubbles(self.bubble_fig.add_subplot(111), M, score=self.results["params"]["params"]["score"])
             self.bubble_matrix = M
         self.bubble_canvas.draw_idle()

@@ -21,6 +21,29 @@ from .ontology import Ontology
 COARSE_12 = ("Isocortex", "OLF", "HPF", "CTXsp", "STR", "PAL", "TH", "HY", "MB", "P", "MY", "CB")
 
 
+
+def medium_structures(ontology: Ontology) -> list[int]:
+    """The osNMF "medium" level: every child of the 12 coarse divisions, in ontology order.
+
+    Cahill et al. 2024 (Fig. 2 and its text) define the medium-level regions as "all child
+    regions for the 12 coarse CCF regions" and count 66 in their ontology version; the
+    CCFv3 2017 structure tree shipped here gives 62 (Isocortex 17, OLF 10, HPF 2, CTXsp 7,
+    STR 4, PAL 4, TH 2, HY 5, MB 3, P 3, MY 3, CB 2).
+
+    Raises
+    ------
+    ValueError
+        The ontology lacks one of the 12 coarse divisions (not the Allen mouse ontology).
+    """
+    missing = [s for s in COARSE_12 if s not in ontology]
+    if missing:
+        raise ValueError(f"The ontology has no structure(s) {missing}; the medium level needs the Allen Mouse "
+                         "Brain ontology (or pass your own list of structures).")
+    t = ontology.table
+    coarse = {ontology.id_of(s) for s in COARSE_12}
+    return [int(i) for i in t.index[t["parent_id"].isin(coarse)]]
+
+
 # --------------------------------------------------------------------------- structures
 
 def structure_labels(annotation: np.ndarray, ontology: Ontology, level=None) -> np.ndarray:
@@ -30,9 +53,10 @@ def structure_labels(annotation: np.ndarray, ontology: Ontology, level=None) -> 
     ----------
     annotation : ndarray of int, grid shape
     ontology : Ontology
-    level : None, "coarse", int, or sequence of ids/acronyms
+    level : None, "coarse", "medium", int, or sequence of ids/acronyms
         None: the annotation's own labels (the finest structures present). "coarse": the
-        12 major divisions (:data:`COARSE_12`, the osNMF coarse atlas). An int: the
+        12 major divisions (:data:`COARSE_12`, the osNMF coarse atlas). "medium": their
+        children (:func:`medium_structures`, the osNMF medium level). An int: the
         structures at that depth of the tree (voxels of shallower labels are dropped).
         A sequence: these structures (each the union of its descendants; they must not
         overlap).
@@ -62,9 +86,14 @@ def structure_labels(annotation: np.ndarray, ontology: Ontology, level=None) -> 
             anc = [a for a in ontology.ancestors(int(lab)) if ontology.table.at[a, "depth"] == level]
             mapped.append(anc[0] if anc else 0)
         return np.asarray(mapped, np.int64)[inverse].reshape(ann.shape)
-    chosen = COARSE_12 if isinstance(level, str) and level == "coarse" else level
+    chosen = level
+    if isinstance(level, str) and level == "coarse":
+        chosen = COARSE_12
+    elif isinstance(level, str) and level == "medium":
+        chosen = medium_structures(ontology)
     if isinstance(chosen, str):
-        raise ValueError(f"Unknown level {level!r}: use None, 'coarse', an ontology depth or a list of structures.")
+        raise ValueError(f"Unknown level {level!r}: use None, 'coarse', 'medium', an ontology depth or a list of "
+                         "structures.")
     missing = [s for s in chosen if s not in ontology]
     if missing:
         raise ValueError(f"The ontology has no structure(s) {missing}; this level needs the Allen Mouse Brain "
