@@ -186,7 +186,7 @@ class AtlasAnalysisWidget(QWidget):
         seen, out = set(), []
         for lyr in self.viewer.layers:
             res = lyr.metadata.get(RESULT_KEY)
-            if res is not None and id(res) not in seen:
+            if res is not None and id(res) not in seen and GENE_LAYER_KEY not in lyr.metadata:
                 seen.add(id(res))
                 src = lyr.metadata.get("source") or "NMF"
                 out.append((f"{src} (K={res.obsm['X_' + lyr.metadata['key']].shape[1]})",
