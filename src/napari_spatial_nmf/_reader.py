@@ -49,13 +49,8 @@ def _volume_result_keys(adata) -> list[str]:
 def _read_h5ad(path):
     """A volume NMF result opens as its pattern layers (usable by the atlas-analysis dock);
     any other AnnData as a cell point cloud."""
-    import anndata as ad
-
     path = Path(path)
-    try:
-        adata = ad.read_h5ad(path)
-    except Exception as exc:  # h5py / anndata raise many types for foreign files  # noqa: BLE001
-        raise ValueError(f"{path.name} is not an AnnData .h5ad file ({type(exc).__name__}: {exc}).") from None
+    adata = io.read_h5ad(path)
     keys = _volume_result_keys(adata)
     if keys:
         source = path.parent.name if path.stem == "result" else path.stem

@@ -489,14 +489,21 @@ def read_cells(path, *, spatial_key: str = "spatial") -> ad.AnnData:
         Not an AnnData file; no or malformed coordinates.
     """
     path = Path(path)
+    adata = read_h5ad(path)
+    check_cells(adata, spatial_key=spatial_key, source=path.name)
+    return adata
+
+
+def read_h5ad(path) -> ad.AnnData:
+    """``anndata.read_h5ad`` with clear errors (FileNotFoundError; ValueError for a file
+    that is not an AnnData)."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such file: {path}")
     try:
-        adata = ad.read_h5ad(path)
+        return ad.read_h5ad(path)
     except Exception as exc:  # h5py / anndata raise many types for foreign files
         raise ValueError(f"{path.name} is not an AnnData .h5ad file ({type(exc).__name__}: {exc}).") from None
-    check_cells(adata, spatial_key=spatial_key, source=path.name)
-    return adata
 
 
 def check_cells(adata: ad.AnnData, *, spatial_key: str = "spatial", source: str = "The AnnData") -> None:

@@ -149,9 +149,8 @@ def write_osnmf_suite(res: dict, out) -> dict:
         best.to_csv(out / "best_region_combinations.csv", index=False)
         score = res["params"]["params"]["score"]
         order = res["structure_order"]
-        structure_score_matrix(res["structure_scores"], max_columns=10**6, order=order).to_csv(
-            out / "structure_scores.csv")
-        plot_structure_bubbles(res["structure_scores"], out / "structure_bubbles.png", score=score,
+        structure_score_matrix(table, max_columns=10**6, order=order).to_csv(out / "structure_scores.csv")
+        plot_structure_bubbles(table, out / "structure_bubbles.png", score=score,
                                title="principal pattern × structure", order=order)
         summary["region_combinations"] = {
             "counts": {k: int(res["counts"][k]) for k in ("n_structures", "n_pairs", "n_triples")},

@@ -817,16 +817,16 @@ def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, on
     Steps: marker genes (:func:`marker_genes`); reconstruction accuracy and Moran's I,
     each beside PCA at the same K fitted once (:func:`pca_baseline`); a co-expression
     network per pattern (:func:`coexpression_networks`); with an atlas, the region
-    combinations (:func:`region_combinations`) and every pattern's score with every
-    single structure of the level (for the pattern × structure bubble chart). Inputs are
+    combinations (:func:`region_combinations`), keeping every single structure of the
+    level (the pattern × structure bubble chart). Inputs are
     checked before the first step: a missing result, an annotation on another grid or an
     unknown level raise before anything runs.
 
     Returns
     -------
     dict
-        ``marker_genes, reconstruction_accuracy, morans_i, region_combinations,
-        structure_scores`` (DataFrames; the last two None without an atlas), ``labels``
+        ``marker_genes, reconstruction_accuracy, morans_i, region_combinations``
+        (DataFrames; the last None without an atlas; all its ``size == 1`` rows), ``labels``
         (the annotation relabelled at ``level``, or None), ``structure_order`` (the
         ontology's structure ids in its own order, for the chart's columns), ``networks``
         ({pattern: networkx.Graph}, empty with fewer than 3 genes), ``counts`` (structures,
@@ -852,7 +852,7 @@ def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, on
     rec = provenance("osnmf_suite", {"key": key, "layer": layer, "level": str(level), "score": score,
                                      "n_top": n_top, "n_marker_genes": n_marker_genes,
                                      "n_network_genes": n_network_genes, "network_rule": network_rule})
-    out = {"params": rec, "region_combinations": None, "structure_scores": None, "counts": {}, "networks": {},
+    out = {"params": rec, "region_combinations": None, "counts": {}, "networks": {},
            "labels": labels, "structure_order": None if ontology is None else [int(i) for i in ontology.table.index]}
     total = 5 if labels is not None else 4
     yield Progress(0, total, "marker genes")
@@ -869,10 +869,9 @@ def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, on
     if labels is not None:
         yield Progress(4, total, "region combinations (singles, contiguous pairs and triples)")
         vols = _grid.to_volume(adata, W.astype(np.float32))
-        table, counts = _A.region_combinations(vols, labels, ontology, names=names, score=score, n_top=n_top)
-        singles, _ = _A.region_combinations(vols, labels, ontology, names=names, score=score, max_size=1,
-                                            n_top=counts["n_structures"])
-        out.update(region_combinations=table, structure_scores=singles, counts=counts)
+        table, counts = _A.region_combinations(vols, labels, ontology, names=names, score=score, n_top=n_top,
+                                               all_singles=True)
+        out.update(region_combinations=table, counts=counts)
         adata.uns[f"{key}_region_combinations"] = {
             **provenance("region_combinations", {"key": key, "level": str(level), "max_size": 3, "score": score,
                                                  "n_top": n_top}),

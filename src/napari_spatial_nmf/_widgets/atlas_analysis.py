@@ -9,15 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, SpinBox
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
     QFileDialog,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -28,6 +24,7 @@ from ..core import atlas_stats as _A
 from ..core.grid import grid_of, to_volume
 from ..plotting import draw_network, draw_structure_bubbles, structure_score_matrix
 from ._runner import JobRunner
+from ._tables import fill_table, read_only_table
 from .region_correlation import highlight_mask
 
 if TYPE_CHECKING:
@@ -46,36 +43,6 @@ def _canvas(figsize):
 
     fig = Figure(figsize=figsize, tight_layout=True)
     return fig, FigureCanvasQTAgg(fig)
-
-
-def _table(columns: list[str]) -> QTableWidget:
-    t = QTableWidget(0, len(columns))
-    t.setHorizontalHeaderLabels(columns)
-    t.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-    t.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-    t.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-    t.setMinimumHeight(180)
-    return t
-
-
-def _fill(table: QTableWidget, df: pd.DataFrame, columns: list[str]) -> None:
-    """Rows of ``df`` (the given columns; floats to 4 decimals); the row index is UserRole data."""
-    table.setSortingEnabled(False)
-    table.clearContents()
-    table.setRowCount(len(df))
-    for i, (idx, rec) in enumerate(df.iterrows()):
-        for j, col in enumerate(columns):
-            v = rec[col]
-            item = QTableWidgetItem()
-            if isinstance(v, (float, np.floating)):
-                item.setData(Qt.ItemDataRole.DisplayRole, round(float(v), 4))
-            elif isinstance(v, (int, np.integer)):
-                item.setData(Qt.ItemDataRole.DisplayRole, int(v))
-            else:
-                item.setData(Qt.ItemDataRole.DisplayRole, str(v))
-            item.setData(Qt.ItemDataRole.UserRole, idx)
-            table.setItem(i, j, item)
-    table.resizeColumnsToContents()
 
 
 class AtlasAnalysisWidget(QWidget):
@@ -121,7 +88,7 @@ class AtlasAnalysisWidget(QWidget):
         self.pattern_filter = ComboBox(label="pattern", choices=self._pattern_choices)
         self.pattern_filter.changed.connect(lambda _: self._show_regions())
         self.region_cols = ["pattern", "size", "rank", "structures", "score", "n_voxels"]
-        self.region_table = _table(self.region_cols)
+        self.region_table = read_only_table(self.region_cols)
         self.region_table.itemSelectionChanged.connect(self._on_region_select)
         self.bubble_fig, self.bubble_canvas = _canvas((4.2, 2.6))
         self.bubble_canvas.setMinimumHeight(220)
@@ -133,7 +100,7 @@ class AtlasAnalysisWidget(QWidget):
 
         # Marker genes tab
         self.marker_cols = ["pattern", "rank", "gene", "importance", "coefficient"]
-        self.marker_table = _table(self.marker_cols)
+        self.marker_table = read_only_table(self.marker_cols)
         self.marker_table.itemSelectionChanged.connect(self._on_marker_select)
         markers = QWidget()
         QVBoxLayout(markers).addWidget(self.marker_table)
@@ -157,7 +124,7 @@ class AtlasAnalysisWidget(QWidget):
         lay.addLayout(row)
 
         # Coherence tab
-        self.moran_table = _table(["pattern"])
+        self.moran_table = read_only_table(["pattern"])
         self.recon_fig, self.recon_canvas = _canvas((4.0, 2.2))
         self.recon_canvas.setMinimumHeight(180)
         coherence = QWidget()
@@ -253,7 +220,7 @@ class AtlasAnalysisWidget(QWidget):
         self.network_pattern.reset_choices()
         self._show_regions()
         self._draw_bubbles()
-        _fill(self.marker_table, res["marker_genes"], self.marker_cols)
+        fill_table(self.marker_table, res["marker_genes"], self.marker_cols)
         self._draw_network()
         self._show_coherence()
         self._set_enabled(True)
@@ -271,18 +238,16 @@ class AtlasAnalysisWidget(QWidget):
         table = self.results["region_combinations"]
         p = self.pattern_filter.value
         if p is None:  # each pattern's best single, pair and triple, pattern by pattern
-            order = {name: i for i, name in enumerate(dict.fromkeys(table["pattern"]))}
-            df = table[table["rank"] == 1].sort_values(["pattern", "size"], key=lambda c: c.map(order)
-                                                       if c.name == "pattern" else c, kind="stable")
+            df = pd.concat([g for _, g in table[table["rank"] == 1].groupby("pattern", sort=False)])
         else:
             df = table[table["pattern"] == p]
         self._region_rows = df = df.reset_index(drop=True)
-        _fill(self.region_table, df, self.region_cols)
+        fill_table(self.region_table, df, self.region_cols)
 
     def _draw_bubbles(self) -> None:
         self.bubble_fig.clear()
-        if self.results is not None and self.results["structure_scores"] is not None:
-            M = structure_score_matrix(self.results["structure_scores"], order=self.results["structure_order"])
+        if self.results is not None and self.results["region_combinations"] is not None:
+            M = structure_score_matrix(self.results["region_combinations"], order=self.results["structure_order"])
             draw_structure_bubbles(self.bubble_fig.add_subplot(111), M, score=self.results["params"]["params"]["score"])
             self.bubble_matrix = M
         self.bubble_canvas.draw_idle()
@@ -309,7 +274,7 @@ class AtlasAnalysisWidget(QWidget):
         cols = list(mi.columns)
         self.moran_table.setColumnCount(len(cols))
         self.moran_table.setHorizontalHeaderLabels(cols)
-        _fill(self.moran_table, mi, cols)
+        fill_table(self.moran_table, mi, cols)
         rec = self.results["reconstruction_accuracy"]
         self.recon_fig.clear()
         ax = self.recon_fig.add_subplot(111)

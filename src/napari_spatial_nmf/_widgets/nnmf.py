@@ -8,21 +8,17 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
 from .. import tl
 from .._layers import _obs_features, cells_layer
 from ._runner import JobRunner
+from ._tables import fill_table, read_only_table
 
 if TYPE_CHECKING:
     import napari
+
+TOP_GENE_COLUMNS = ["signature", "rank", "gene", "score"]
 
 DOMAIN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf", "#393b79", "#ad494a", "#8ca252", "#de9ed6", "#e7ba52", "#6b6ecf",
@@ -101,10 +97,7 @@ class NNMFWidget(QWidget):
         self.runner.run_button.clicked.connect(self.run)
         self.estimate_button.clicked.connect(self.estimate)
         self.color_by.changed.connect(self._recolor)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["signature", "rank", "gene", "score"])
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setSortingEnabled(True)
+        self.table = read_only_table(TOP_GENE_COLUMNS, sortable=True)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(self.estimate_button)
@@ -193,14 +186,7 @@ class NNMFWidget(QWidget):
 
     def _fill_table(self, top: pd.DataFrame) -> None:
         self.top_genes = top
-        self.table.setSortingEnabled(False)
-        self.table.setRowCount(len(top))
-        for r, row in enumerate(top.itertuples(index=False)):
-            for c, v in enumerate((row.signature, row.rank, row.gene, f"{row.score:.4g}")):
-                item = QTableWidgetItem()
-                item.setData(0, v)
-                self.table.setItem(r, c, item)
-        self.table.setSortingEnabled(True)
+        fill_table(self.table, top, TOP_GENE_COLUMNS)
 
     def _recolor(self, value) -> None:
         layer = self.weights_layer

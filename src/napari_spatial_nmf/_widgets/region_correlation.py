@@ -9,20 +9,11 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, SpinBox
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..core.regions import region_correlation
 from ._runner import JobRunner
+from ._tables import fill_table, read_only_table
 
 if TYPE_CHECKING:
     import napari
@@ -57,14 +48,8 @@ class RegionCorrelationWidget(QWidget):
         self.runner.cancel_button.hide()
         self.runner.progress.hide()
         self.runner.run_button.clicked.connect(self.run)
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels([c[1] for c in COLUMNS])
-        self.table.setSortingEnabled(True)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table = read_only_table([c[1] for c in COLUMNS], sortable=True, min_height=220)
         self.table.itemSelectionChanged.connect(self._on_select)
-        self.table.setMinimumHeight(220)
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_dialog)
@@ -146,22 +131,8 @@ class RegionCorrelationWidget(QWidget):
         self.export_button.setEnabled(True)
 
     def _fill(self, df: pd.DataFrame) -> None:
-        self.table.setSortingEnabled(False)
-        self.table.clearContents()
-        self.table.setRowCount(len(df))
-        for i, rec in enumerate(df.itertuples(index=False)):
-            for j, (col, _) in enumerate(COLUMNS):
-                value = getattr(rec, col)
-                item = QTableWidgetItem()
-                if isinstance(value, str):
-                    item.setData(Qt.ItemDataRole.DisplayRole, value)
-                else:
-                    item.setData(Qt.ItemDataRole.DisplayRole, round(float(value), 4) if col == "r" else int(value))
-                item.setData(Qt.ItemDataRole.UserRole, int(rec.id))
-                self.table.setItem(i, j, item)
-        self.table.setSortingEnabled(True)
+        fill_table(self.table, df, [c[0] for c in COLUMNS], user_data="id")
         self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # rank 1 (best r) on top
-        self.table.resizeColumnsToContents()
 
     # ---------------------------------------------------------------- selection
     def select_structure(self, structure_id: int) -> None:

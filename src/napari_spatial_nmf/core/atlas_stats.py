@@ -179,6 +179,7 @@ def region_combinations(
     max_size: int = 3,
     score: str = "pearson",
     n_top: int = 20,
+    all_singles: bool = False,
 ) -> tuple[pd.DataFrame, dict]:
     """Best single structure, contiguous pair and contiguous triple per pattern (exhaustive).
 
@@ -204,6 +205,9 @@ def region_combinations(
     score : {"pearson", "dice"}
     n_top : int
         Rows kept per pattern and size in the ranked table.
+    all_singles : bool
+        Keep every single structure (not only the ``n_top`` best): the pattern × structure
+        scores of the bubble chart.
 
     Returns
     -------
@@ -266,7 +270,7 @@ def region_combinations(
         nu = n[members].sum(axis=1)
         for k in range(K):
             s = np.nan_to_num(sc[k], nan=-np.inf)
-            top = np.argsort(-s, kind="stable")[:n_top]
+            top = np.argsort(-s, kind="stable")[:None if size == 1 and all_singles else n_top]
             for r, t in enumerate(top):
                 rows.append((names[k], size, r + 1, "+".join(acr[members[t]]),
                              ",".join(str(int(x)) for x in ids[members[t]]), float(sc[k, t]), int(nu[t])))
