@@ -15,8 +15,8 @@ extrapolation with restart (Ang & Gillis 2019, Neural Computation 31:417) cuts t
 of passes over X.
 
 Initialisation is scikit-learn's NNDSVDa on the resampled matrix (Boutsidis & Gallopoulos
-2008), computed from the weights (:func:`weighted_svd`, :func:`nndsvda_weighted`); "random"
-is scikit-learn's random init (staNMF's random restarts). With the default settings every
+2008), computed from the weights, for all replicates in the same wide products
+(:func:`nndsvda_batch`); "random" is scikit-learn's random init (staNMF's random restarts). With the default settings every
 replicate follows scikit-learn's own iterations; only the matrix products are shared.
 """
 
@@ -27,50 +27,19 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from sklearn.utils.extmath import randomized_svd
 
 from ._progress import Progress
 
 
-@dataclass
-class ReplicateSVD:
-    """Top singular triplets of R^1/2 X C^1/2 for one replicate."""
+def _nndsvda_from_values(U, V, S, row_w, col_w, avg, k):
+    """NNDSVDa (scikit-learn's ``_initialize_nmf``) from the per-copy singular values.
 
-    U: np.ndarray  # (n, k)
-    S: np.ndarray  # (k,)
-    V: np.ndarray  # (m, k)
-
-
-def weighted_svd(X: np.ndarray, row_w: np.ndarray, col_w: np.ndarray, k: int, random_state) -> ReplicateSVD:
-    """scikit-learn's randomized SVD of the resampled matrix, computed from the weights.
-
-    scikit-learn's NNDSVD runs ``randomized_svd(A, k, random_state=random_state)`` on the
-    resampled copy A (genes x observations, as osNMF fits). Its random test matrix lives on
-    the observation side, and the power iterations only see A^T A = X^T C X, which the
-    weighted matrix C^1/2 X^T shares; so the same call on the weighted matrix spans the
-    same subspace and gives the same singular triplets, up to rounding (NNDSVD does not
-    depend on their signs).
+    U (n, k) and V (m, k) are the values the singular vectors of the resampled copy take on
+    each row and column (every copy of a row shares its value); row_w, col_w count the copies,
+    so the norms of the positive / negative parts are weighted sums.
     """
-    rs, cs = np.sqrt(row_w.astype(np.float64)), np.sqrt(col_w.astype(np.float64))
-    M = (X * rs[:, None] * cs[None, :]).T  # genes x observations, weighted
-    U, S, Vt = randomized_svd(M, k, random_state=random_state)
-    return ReplicateSVD(Vt.T, S, U)
-
-
-def nndsvda_weighted(X, row_w, col_w, svd: ReplicateSVD, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's NNDSVDa on the resampled matrix, computed from the weights.
-
-    A resampled copy repeats row i r_i times and column j c_j times; its singular vectors
-    take the same value on every copy, so the per-copy values and the norms of their
-    positive / negative parts follow from the weighted SVD.
-    """
-    S = svd.S[:k]
-    safe = np.where(S > 0, S, 1)
-    cs, rs = np.sqrt(col_w.astype(np.float64)), np.sqrt(row_w.astype(np.float64))
-    U = (X @ (cs[:, None] * svd.V[:, :k])) / safe  # per-copy left values, every row
-    V = (X.T @ (rs[:, None] * svd.U[:, :k])) / safe  # per-copy right values, every column
-    W = np.zeros((X.shape[0], k))
-    H = np.zeros((k, X.shape[1]))
+    W = np.zeros((U.shape[0], k))
+    H = np.zeros((k, V.shape[0]))
     W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
     H[0] = np.sqrt(S[0]) * np.abs(V[:, 0])
     for j in range(1, k):
@@ -89,16 +58,114 @@ def nndsvda_weighted(X, row_w, col_w, svd: ReplicateSVD, k: int) -> tuple[np.nda
         H[j] = lbd * v
     W[W < 1e-6] = 0
     H[H < 1e-6] = 0
-    avg = float(row_w @ X @ col_w) / (row_w.sum() * col_w.sum())
     W[W == 0] = avg
     H[H == 0] = avg
     return W, H
 
 
+def nndsvda_batch(X: np.ndarray, XT: np.ndarray, row_w: np.ndarray, col_w: np.ndarray, k: int,
+                  random_state: int, n_oversamples: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """NNDSVDa starts of R bootstrap replicates at once, sharing X (the products batched).
+
+    Each replicate's start is scikit-learn's ``NMF(init=None)`` start on its resampled copy:
+    NNDSVDa (Boutsidis & Gallopoulos 2008) from ``randomized_svd(copy, k,
+    random_state=random_state)`` (Halko et al. 2009, Algorithm 4.3; scikit-learn's
+    ``n_iter="auto"``, 10 oversamples, LU normalisation of the power iterations). The
+    resampled copy is never built: its SVD is that of R^1/2 X C^1/2 (R, C the copy counts),
+    so every power iteration of all R replicates is ONE product X @ [C_1^1/2 Q_1, ...,
+    C_R^1/2 Q_R] and one with X^T, in X's dtype (float32 here: wide products at BLAS speed
+    instead of 2 R thin float64 ones). The test matrix is scikit-learn's draw on the same
+    side (the smaller dimension), shared by all replicates as osNMF shares the seed; after
+    the power iterations the subspace, and so the start, agrees with scikit-learn's to the
+    float32 rounding of the products (``tests/test_stability.py``).
+
+    Parameters
+    ----------
+    X, XT : numpy.ndarray (n, m) and its transpose (m, n), C-contiguous, float32 or float64
+    row_w, col_w : numpy.ndarray (R, n) and (R, m)
+        Integer copy counts of each replicate.
+    k : int
+        Number of components.
+    random_state : int
+        scikit-learn's ``random_state`` of the reference fits.
+
+    Returns
+    -------
+    W0 : numpy.ndarray float64 (R, n, k)
+    H0 : numpy.ndarray float64 (R, k, m)
+    """
+    from scipy import linalg
+
+    n, m = X.shape
+    R = row_w.shape[0]
+    dt = X.dtype
+    l = k + n_oversamples
+    n_iter = 7 if k < 0.1 * min(n, m) else 4
+    rs = np.sqrt(row_w).astype(dt)
+    cs = np.sqrt(col_w).astype(dt)
+
+    def right(Q):  # (R, m, l) -> A_r Q_r, (R, n, l)
+        Y = X @ (cs[:, :, None] * Q).transpose(1, 0, 2).reshape(m, R * l)
+        return rs[:, :, None] * Y.reshape(n, R, l).transpose(1, 0, 2)
+
+    def left(Y):  # (R, n, l) -> A_r^T Y_r, (R, m, l)
+        Z = XT @ (rs[:, :, None] * Y).transpose(1, 0, 2).reshape(n, R * l)
+        return cs[:, :, None] * Z.reshape(m, R, l).transpose(1, 0, 2)
+
+    def lu(A):
+        return np.stack([linalg.lu(a, permute_l=True, check_finite=False)[0] for a in A])
+
+    # scikit-learn fits the genes x observations copy M = A^T (m x n) and puts the test
+    # matrix on M's second dimension, or on its first when it transposes (m < n).
+    rng = np.random.RandomState(random_state)
+    if m < n:  # test matrix on the gene side (m)
+        Q = np.broadcast_to(rng.normal(size=(m, l)).astype(dt), (R, m, l))
+        for _ in range(n_iter):
+            Q = lu(left(lu(right(Q))))
+        Qb = np.stack([linalg.qr(a, mode="economic", check_finite=False)[0] for a in right(Q)])  # (R, n, l)
+        B = left(Qb).transpose(0, 2, 1)  # Qb^T A: (R, l, m)
+    else:  # on the observation side (n)
+        Q = np.broadcast_to(rng.normal(size=(n, l)).astype(dt), (R, n, l))
+        for _ in range(n_iter):
+            Q = lu(right(lu(left(Q))))
+        Qb = np.stack([linalg.qr(a, mode="economic", check_finite=False)[0] for a in left(Q)])  # (R, m, l)
+        B = right(Qb).transpose(0, 2, 1)  # Qb^T A^T: (R, l, n)
+    S = np.empty((R, k))
+    basis = np.empty((R, n if m >= n else m, k))  # the singular vectors on B's long side
+    for r in range(R):
+        Uh, s, Vt = linalg.svd(B[r].astype(np.float64), full_matrices=False)
+        S[r] = s[:k]
+        basis[r] = Vt[:k].T
+    # per-copy values of the singular vectors (a copy of row i carries u_i / sqrt(r_i)):
+    # u_copy = X C^1/2 v_w / s and v_copy = X^T R u_copy / s (and the mirror image)
+    safe = np.where(S > 0, S, 1)
+    if m < n:
+        V = basis  # (R, m, k), weighted: C^1/2 v_copy
+        U = X @ (cs[:, :, None] * V.astype(dt)).transpose(1, 0, 2).reshape(m, R * k)
+        U = U.reshape(n, R, k).transpose(1, 0, 2) / safe[:, None, :]
+        V = XT @ (row_w[:, :, None] * U).astype(dt).transpose(1, 0, 2).reshape(n, R * k)
+        V = V.reshape(m, R, k).transpose(1, 0, 2) / safe[:, None, :]
+    else:
+        U = basis  # (R, n, k), weighted: R^1/2 u_copy
+        V = XT @ (rs[:, :, None] * U.astype(dt)).transpose(1, 0, 2).reshape(n, R * k)
+        V = V.reshape(m, R, k).transpose(1, 0, 2) / safe[:, None, :]
+        U = X @ (col_w[:, :, None] * V).astype(dt).transpose(1, 0, 2).reshape(m, R * k)
+        U = U.reshape(n, R, k).transpose(1, 0, 2) / safe[:, None, :]
+    tot = (X @ col_w.T.astype(dt)).astype(np.float64)  # (n, R)
+    W0 = np.empty((R, n, k))
+    H0 = np.empty((R, k, m))
+    for r in range(R):
+        rw, cw = row_w[r].astype(np.float64), col_w[r].astype(np.float64)
+        avg = float(rw @ tot[:, r]) / (rw.sum() * cw.sum())
+        W0[r], H0[r] = _nndsvda_from_values(U[r].astype(np.float64), V[r].astype(np.float64), S[r], rw, cw,
+                                            avg, k)
+    return W0, H0
+
+
 def random_init(X, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's ``init="random"`` with ``random_state=seed`` (staNMF's random restarts)."""
     rng = np.random.RandomState(seed)
-    avg = np.sqrt(X.mean() / k)
+    avg = np.sqrt(X.mean(dtype=np.float64) / k)
     H = np.abs(avg * rng.standard_normal(size=(k, X.shape[1])))
     W = np.abs(avg * rng.standard_normal(size=(X.shape[0], k)))
     return W, H
@@ -157,6 +224,16 @@ def _hals_rows(M, G, Z, sweeps, active, violation, vweight):  # pragma: no cover
                 violation[r] += viol
 
 
+def _weighted_square_sum(X, rw, cw, rows: int = 4096) -> np.ndarray:
+    """(R,) float64: sum_ij r_i c_j x_ij^2 per replicate, in float64, a block of rows at a time."""
+    out = np.zeros(rw.shape[0])
+    cw64 = cw.astype(np.float64).T
+    for s in range(0, X.shape[0], rows):
+        Xb = X[s:s + rows].astype(np.float64)
+        out += np.einsum("rn,nr->r", rw[:, s:s + rows].astype(np.float64), (Xb * Xb) @ cw64)
+    return out
+
+
 def _objective(x2, A, B, G1, G2) -> np.ndarray:
     """Weighted squared error per replicate from cached products:
     x2 - 2 <A, B> + <G1, G2> (A, B a cross term and its factor; G1, G2 the two Grams)."""
@@ -175,6 +252,7 @@ def iter_fit_batch(
     tol: float = 1e-4,
     extrapolate: bool = False,
     inner: int = 1,
+    XT: np.ndarray | None = None,
 ) -> Generator[Progress, None, BatchResult]:
     """Fit R weighted NMF replicates of X together; one yield per pass.
 
@@ -199,17 +277,19 @@ def iter_fit_batch(
         scikit-learn's iterates.
     inner : int
         HALS sweeps per half-step (Gillis & Glineur 2012); 1 is scikit-learn's.
+    XT : numpy.ndarray, float32, (m, n), optional
+        X transposed and C-contiguous, when the caller has it already.
     """
     X = np.ascontiguousarray(X, dtype=np.float32)
-    XT = np.ascontiguousarray(X.T)
+    XT = np.ascontiguousarray(X.T) if XT is None else XT
     n, m = X.shape
     R, _, K = W0.shape
     rw = np.ones((R, n), np.float32) if row_w is None else row_w.astype(np.float32)
     cw = np.ones((R, m), np.float32) if col_w is None else col_w.astype(np.float32)
     Wt = np.ascontiguousarray(W0.transpose(0, 2, 1), dtype=np.float32)  # (R, K, n): rows = patterns
     H = np.array(H0, dtype=np.float32)                                   # (R, K, m)
-    Wy, Hy = Wt, H
-    x2 = np.einsum("rn,nm,rm->r", rw.astype(np.float64), X.astype(np.float64) ** 2, cw.astype(np.float64))
+    Wy, Hy = (Wt.copy(), H.copy()) if extrapolate else (Wt, H)  # the extrapolated points
+    x2 = _weighted_square_sum(X, rw, cw)
     beta = np.full(R, 0.5, np.float32)
     beta_cap = np.ones(R, np.float32)
     best = np.full(R, np.inf)
@@ -218,37 +298,45 @@ def iter_fit_batch(
     n_iter = np.zeros(R, dtype=np.int64)
     it = 0
     for it in range(1, max_iter + 1):
-        violation = np.zeros(R)
+        # Only the replicates still improving enter the products: a stopped replicate
+        # costs nothing (the products shrink as the batch converges).
+        a = np.flatnonzero(active)
+        ra = a.size
+        on = np.ones(ra, dtype=np.bool_)
+        va = np.zeros(ra)
+        rwa, cwa = rw[a], cw[a]
+        Wya = Wy[a]  # copies: the HALS sweeps update them in place
         # scikit-learn fits the genes x observations copy and updates the gene side first.
         # H step: min_H sum_i r_i ||x_i - w_i H||^2 (each gene's NNLS; copies count c_j times)
-        WR = Wy * rw[:, None, :]
-        P = (WR.reshape(R * K, n) @ X).reshape(R, K, m)     # one wide GEMM for all replicates
-        Hn = Hy.copy() if extrapolate else Hy
-        _hals_rows(Hn, np.matmul(WR, Wy.transpose(0, 2, 1)), P, inner, active, violation, cw)
+        WR = Wya * rwa[:, None, :]
+        P = (WR.reshape(ra * K, n) @ X).reshape(ra, K, m)     # one wide GEMM for all replicates
+        Hn = Hy[a]
+        _hals_rows(Hn, np.matmul(WR, Wya.transpose(0, 2, 1)), P, inner, on, va, cwa)
         # W step: min_W sum_j c_j ||x_j - W h_j||^2 (the dictionary; row weights factor out)
-        HC = Hn * cw[:, None, :]
-        At = (HC.reshape(R * K, m) @ XT).reshape(R, K, n)  # one wide GEMM for all replicates
-        Wn = Wy.copy() if extrapolate else Wy
-        _hals_rows(Wn, np.matmul(HC, Hn.transpose(0, 2, 1)), At, inner, active, violation, rw)
-        n_iter[active] = it
+        HC = Hn * cwa[:, None, :]
+        At = (HC.reshape(ra * K, m) @ XT).reshape(ra, K, n)  # one wide GEMM for all replicates
+        Wn = Wya
+        _hals_rows(Wn, np.matmul(HC, Hn.transpose(0, 2, 1)), At, inner, on, va, rwa)
+        n_iter[a] = it
+        violation = np.zeros(R)
+        violation[a] = va
         if it == 1:
             viol_init = violation.copy()
         with np.errstate(invalid="ignore", divide="ignore"):
             done = (viol_init == 0) | (violation / np.where(viol_init > 0, viol_init, 1) <= tol)
         if extrapolate:
-            WnR = Wn * rw[:, None, :]
-            obj = _objective(x2, WnR, At, np.matmul(WnR, Wn.transpose(0, 2, 1)),
+            WnR = Wn * rwa[:, None, :]
+            obj = _objective(x2[a], WnR, At, np.matmul(WnR, Wn.transpose(0, 2, 1)),
                              np.matmul(HC, Hn.transpose(0, 2, 1)))
-            ok = obj <= best
-            b = np.where(ok & active, beta, 0).astype(np.float32)[:, None, None]
-            Wy = np.maximum(Wn + b * (Wn - Wt), 0)
-            Hy = np.maximum(Hn + b * (Hn - H), 0)
-            beta_cap = np.where(ok, np.minimum(1.0, beta_cap * 1.005), beta).astype(np.float32)
-            beta = np.where(ok, np.minimum(beta_cap, beta * 1.01), beta / 1.5).astype(np.float32)
-            best = np.where(ok, obj, best)
-        else:
-            Wy, Hy = Wn, Hn
-        Wt, H = Wn, Hn
+            ok = obj <= best[a]
+            bt = np.where(ok, beta[a], 0).astype(np.float32)[:, None, None]
+            Wy[a] = np.maximum(Wn + bt * (Wn - Wt[a]), 0)
+            Hy[a] = np.maximum(Hn + bt * (Hn - H[a]), 0)
+            beta_cap[a] = np.where(ok, np.minimum(1.0, beta_cap[a] * 1.005), beta[a])
+            beta[a] = np.where(ok, np.minimum(beta_cap[a], beta[a] * 1.01), beta[a] / 1.5)
+            best[a] = np.where(ok, obj, best[a])
+        Wt[a] = Wn  # without extrapolation Wy, Hy are Wt, H
+        H[a] = Hn
         active &= ~done
         yield Progress(it, max_iter, f"pass {it}/{max_iter}, {int(active.sum())}/{R} replicates still improving")
         if not active.any():

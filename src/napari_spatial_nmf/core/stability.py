@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ._progress import Progress, relay
 from ._validation import as_float_matrix
-from .batched import BatchResult, iter_fit_batch, nndsvda_weighted, random_init, weighted_svd
+from .batched import BatchResult, iter_fit_batch, nndsvda_batch, random_init
 
 RESAMPLING = ("genes", "obs", "none")
 SIMILARITIES = ("cosine", "pearson")
@@ -136,20 +136,13 @@ def fit_replicates(X: np.ndarray, k: int, replicates: Sequence[int], *, resample
     fits the same fixed batches, so a resumed or distributed sweep gives identical numbers.
     """
     X32 = np.ascontiguousarray(X, dtype=np.float32)
-    X64 = np.asarray(X, dtype=np.float64)  # no copy when the sweep's matrix is float64 already
-    W0, H0, RW, CW = [], [], [], []
-    for b in replicates:
-        rw, cw = _weights(X.shape, resample, b, seed)
-        if resample == "none":
-            w, h = random_init(X64, k, seed + b)
-        else:
-            w, h = nndsvda_weighted(X64, rw, cw, weighted_svd(X64, rw, cw, k, seed), k)
-        W0.append(w)
-        H0.append(h)
-        RW.append(rw)
-        CW.append(cw)
-    return (yield from iter_fit_batch(X32, np.asarray(W0), np.asarray(H0), row_w=np.asarray(RW),
-                                      col_w=np.asarray(CW), max_iter=max_iter, tol=tol))
+    XT32 = np.ascontiguousarray(X32.T)
+    RW, CW = (np.array(a) for a in zip(*(_weights(X.shape, resample, b, seed) for b in replicates)))
+    if resample == "none":
+        W0, H0 = (np.array(a) for a in zip(*(random_init(np.asarray(X), k, seed + b) for b in replicates)))
+    else:  # every replicate's randomized SVD in the same wide float32 products
+        W0, H0 = nndsvda_batch(X32, XT32, RW, CW, k, seed)
+    return (yield from iter_fit_batch(X32, W0, H0, row_w=RW, col_w=CW, XT=XT32, max_iter=max_iter, tol=tol))
 
 
 # ------------------------------------------------------------------ the results store
