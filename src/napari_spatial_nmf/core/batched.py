@@ -131,9 +131,9 @@ def nndsvda_batch(X: np.ndarray, XT: np.ndarray, row_w: np.ndarray, col_w: np.nd
         Qb = np.stack([linalg.qr(a, mode="economic", check_finite=False)[0] for a in left(Q)])  # (R, m, l)
         B = right(Qb).transpose(0, 2, 1)  # Qb^T A^T: (R, l, n)
     S = np.empty((R, k))
-    basis = np.empty((R, n if m >= n else m, k))  # the singular vectors on B's long side
+    basis = np.empty((R, min(n, m), k))  # the right singular vectors of B (its long side)
     for r in range(R):
-        Uh, s, Vt = linalg.svd(B[r].astype(np.float64), full_matrices=False)
+        _, s, Vt = linalg.svd(B[r].astype(np.float64), full_matrices=False)
         S[r] = s[:k]
         basis[r] = Vt[:k].T
     # per-copy values of the singular vectors (a copy of row i carries u_i / sqrt(r_i)):
