@@ -26,7 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 from ._progress import Progress, relay
 from ._validation import as_float_matrix
-from .batched import BatchResult, iter_fit_batch, nndsvda_batch, random_init
+from .batched import BatchResult, iter_fit_batch, nndsvda_batch, random_init, transposed
 
 RESAMPLING = ("genes", "obs", "none")
 SIMILARITIES = ("cosine", "pearson")
@@ -136,7 +136,7 @@ def fit_replicates(X: np.ndarray, k: int, replicates: Sequence[int], *, resample
     fits the same fixed batches, so a resumed or distributed sweep gives identical numbers.
     """
     X32 = np.ascontiguousarray(X, dtype=np.float32)
-    XT32 = np.ascontiguousarray(X32.T)
+    XT32 = transposed(X32)
     RW, CW = (np.array(a) for a in zip(*(_weights(X.shape, resample, b, seed) for b in replicates)))
     if resample == "none":
         W0, H0 = (np.array(a) for a in zip(*(random_init(np.asarray(X), k, seed + b) for b in replicates)))
