@@ -16,8 +16,9 @@ of passes over X.
 
 Initialisation is scikit-learn's NNDSVDa on the resampled matrix (Boutsidis & Gallopoulos
 2008), computed from the weights, for all replicates in the same wide products
-(:func:`nndsvda_batch`); "random" is scikit-learn's random init (staNMF's random restarts). With the default settings every
-replicate follows scikit-learn's own iterations; only the matrix products are shared.
+(:func:`nndsvda_batch`); "random" is scikit-learn's random init (staNMF's random
+restarts). With the default settings every replicate follows scikit-learn's own
+iterations; only the matrix products are shared.
 """
 
 from __future__ import annotations
