@@ -95,6 +95,18 @@ def nndsvda_batch(X: np.ndarray, XT: np.ndarray, row_w: np.ndarray, col_w: np.nd
     W0 : numpy.ndarray float64 (R, n, k)
     H0 : numpy.ndarray float64 (R, k, m)
     """
+    n, m = X.shape
+    tot = (X @ col_w.T.astype(X.dtype)).astype(np.float64)  # (n, R)
+    avg = np.einsum("rn,nr->r", row_w.astype(np.float64), tot) / (row_w.sum(axis=1) * col_w.sum(axis=1))
+    if m >= n:  # scikit-learn puts the test matrix on the observation side: the mirror image
+        W0, H0 = _nndsvda_batch_cols(XT, X, col_w, row_w, avg, k, random_state, n_oversamples)
+        return H0.transpose(0, 2, 1), W0.transpose(0, 2, 1)
+    return _nndsvda_batch_cols(X, XT, row_w, col_w, avg, k, random_state, n_oversamples)
+
+
+def _nndsvda_batch_cols(X, XT, row_w, col_w, avg, k, random_state, n_oversamples):
+    """:func:`nndsvda_batch` with scikit-learn's test matrix on the column side (it fits
+    the copy's transpose M = A^T (m x n) and transposes it because m < n)."""
     from scipy import linalg
 
     n, m = X.shape
@@ -116,50 +128,31 @@ def nndsvda_batch(X: np.ndarray, XT: np.ndarray, row_w: np.ndarray, col_w: np.nd
     def lu(A):
         return np.stack([linalg.lu(a, permute_l=True, check_finite=False)[0] for a in A])
 
-    # scikit-learn fits the genes x observations copy M = A^T (m x n) and puts the test
-    # matrix on M's second dimension, or on its first when it transposes (m < n).
     rng = np.random.RandomState(random_state)
-    if m < n:  # test matrix on the gene side (m)
-        Q = np.broadcast_to(rng.normal(size=(m, l)).astype(dt), (R, m, l))
-        for _ in range(n_iter):
-            Q = lu(left(lu(right(Q))))
-        Qb = np.stack([linalg.qr(a, mode="economic", check_finite=False)[0] for a in right(Q)])  # (R, n, l)
-        B = left(Qb).transpose(0, 2, 1)  # Qb^T A: (R, l, m)
-    else:  # on the observation side (n)
-        Q = np.broadcast_to(rng.normal(size=(n, l)).astype(dt), (R, n, l))
-        for _ in range(n_iter):
-            Q = lu(right(lu(left(Q))))
-        Qb = np.stack([linalg.qr(a, mode="economic", check_finite=False)[0] for a in left(Q)])  # (R, m, l)
-        B = right(Qb).transpose(0, 2, 1)  # Qb^T A^T: (R, l, n)
+    Q = np.broadcast_to(rng.normal(size=(m, l)).astype(dt), (R, m, l))
+    for _ in range(n_iter):
+        Q = lu(left(lu(right(Q))))
+    Qb = np.stack([linalg.qr(a, mode="economic", check_finite=False)[0] for a in right(Q)])  # (R, n, l)
+    B = left(Qb)  # A^T Qb: (R, m, l), the transpose of Qb^T A
     S = np.empty((R, k))
-    basis = np.empty((R, min(n, m), k))  # the right singular vectors of B (its long side)
+    V = np.empty((R, m, k))  # right singular vectors of the weighted matrix: C^1/2 v_copy
     for r in range(R):
-        _, s, Vt = linalg.svd(B[r].astype(np.float64), full_matrices=False)
+        _, s, Vt = linalg.svd(B[r].T.astype(np.float64), full_matrices=False)
         S[r] = s[:k]
-        basis[r] = Vt[:k].T
+        V[r] = Vt[:k].T
     # per-copy values of the singular vectors (a copy of row i carries u_i / sqrt(r_i)):
-    # u_copy = X C^1/2 v_w / s and v_copy = X^T R u_copy / s (and the mirror image)
-    safe = np.where(S > 0, S, 1)
-    if m < n:
-        V = basis  # (R, m, k), weighted: C^1/2 v_copy
-        U = X @ (cs[:, :, None] * V.astype(dt)).transpose(1, 0, 2).reshape(m, R * k)
-        U = U.reshape(n, R, k).transpose(1, 0, 2) / safe[:, None, :]
-        V = XT @ (row_w[:, :, None] * U).astype(dt).transpose(1, 0, 2).reshape(n, R * k)
-        V = V.reshape(m, R, k).transpose(1, 0, 2) / safe[:, None, :]
-    else:
-        U = basis  # (R, n, k), weighted: R^1/2 u_copy
-        V = XT @ (rs[:, :, None] * U.astype(dt)).transpose(1, 0, 2).reshape(n, R * k)
-        V = V.reshape(m, R, k).transpose(1, 0, 2) / safe[:, None, :]
-        U = X @ (col_w[:, :, None] * V).astype(dt).transpose(1, 0, 2).reshape(m, R * k)
-        U = U.reshape(n, R, k).transpose(1, 0, 2) / safe[:, None, :]
-    tot = (X @ col_w.T.astype(dt)).astype(np.float64)  # (n, R)
+    # u_copy = X C^1/2 v_w / s and v_copy = X^T R u_copy / s
+    safe = np.where(S > 0, S, 1)[:, None, :]
+    U = X @ (cs[:, :, None] * V.astype(dt)).transpose(1, 0, 2).reshape(m, R * k)
+    U = U.reshape(n, R, k).transpose(1, 0, 2) / safe
+    V = XT @ (row_w[:, :, None] * U).astype(dt).transpose(1, 0, 2).reshape(n, R * k)
+    V = V.reshape(m, R, k).transpose(1, 0, 2) / safe
     W0 = np.empty((R, n, k))
     H0 = np.empty((R, k, m))
     for r in range(R):
-        rw, cw = row_w[r].astype(np.float64), col_w[r].astype(np.float64)
-        avg = float(rw @ tot[:, r]) / (rw.sum() * cw.sum())
-        W0[r], H0[r] = _nndsvda_from_values(U[r].astype(np.float64), V[r].astype(np.float64), S[r], rw, cw,
-                                            avg, k)
+        W0[r], H0[r] = _nndsvda_from_values(U[r].astype(np.float64), V[r].astype(np.float64), S[r],
+                                            row_w[r].astype(np.float64), col_w[r].astype(np.float64),
+                                            float(avg[r]), k)
     return W0, H0
 
 
