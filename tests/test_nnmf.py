@@ -56,14 +56,15 @@ def test_kernel_and_default_lengthscale_equal_the_dense_r_code(cortex):
     assert k.mean_neighbors == pytest.approx(((dense > 0).sum(1) - 1).mean())
 
 
-def test_updates_follow_the_r_order_exactly(cortex):
+@pytest.mark.parametrize("K", [6, 8])  # kernels are compiled for K padded to a multiple of 8
+def test_updates_follow_the_r_order_exactly(cortex, K):
     a = cortex[:600]
     X = N.normalize_cells(N.check_counts(a.X))
     C = np.asarray(a.obsm["spatial"], dtype=np.float64)
     k = N.spatial_kernel(C, N.default_lengthscale(C))
     rng = np.random.default_rng(1)
-    W0, H0 = rng.uniform(size=(X.shape[0], 6)), rng.uniform(size=(6, X.shape[1]))
-    res = drain(N.iter_fit_nnmf(X, 6, k.S, max_iter=40, tol=0, init=(W0, H0)))
+    W0, H0 = rng.uniform(size=(X.shape[0], K)), rng.uniform(size=(K, X.shape[1]))
+    res = drain(N.iter_fit_nnmf(X, K, k.S, max_iter=40, tol=0, init=(W0, H0)))
     W, H = _dense_reference(X.toarray(), k.S.toarray(), W0, H0, 40)
     rk = H.sum(1)
     np.testing.assert_allclose(res.weights, W * rk, rtol=1e-8, atol=1e-12)
