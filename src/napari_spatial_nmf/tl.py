@@ -242,12 +242,7 @@ def region_correlation(
             raise KeyError(f"No obsm['X_{key}']: run tl.nmf(adata, ..., key_added={key!r}) first.")
         values = np.asarray(adata.obsm[f"X_{key}"])
         names = adata.uns.get(key, {}).get("pattern_names", pattern_names(values.shape[1]))
-    grid = _grid.grid_of(adata)
-    if grid.shape != tuple(np.shape(annotation)):
-        raise ValueError(
-            f"The AnnData's grid has shape {grid.shape} but the annotation has shape "
-            f"{np.shape(annotation)}: they must be on the same grid."
-        )
+    _annotation_on_grid(adata, annotation)
     df = _region_correlation(_grid.to_volume(adata, values), annotation, ontology,
                              names=list(names), min_voxels=min_voxels)
     if genes is None:
@@ -652,6 +647,32 @@ def _volume_result(adata: ad.AnnData, key: str):
     return W, H, names
 
 
+def _annotation_on_grid(adata: ad.AnnData, annotation) -> np.ndarray:
+    """The annotation as an array, checked to be on the AnnData's grid (ValueError if not)."""
+    ann = np.asarray(annotation)
+    grid = _grid.grid_of(adata)
+    if ann.shape != tuple(grid.shape):
+        raise ValueError(f"The annotation has shape {ann.shape} but the patterns are on a {tuple(grid.shape)} grid: "
+                         "use the annotation of the same grid (resample one of them).")
+    return ann
+
+
+def _store_region_combinations(adata, W, names, labels, ontology, *, key, level, max_size, score, n_top,
+                               all_singles=False):
+    """Run :func:`core.atlas_stats.region_combinations` on the pattern volumes and store the
+    counts and the best combinations in ``uns[f"{key}_region_combinations"]``."""
+    from .core import atlas_stats as _A
+
+    table, counts = _A.region_combinations(_grid.to_volume(adata, W.astype(np.float32)), labels, ontology,
+                                           names=names, max_size=max_size, score=score, n_top=n_top,
+                                           all_singles=all_singles)
+    adata.uns[f"{key}_region_combinations"] = {
+        **provenance("region_combinations", {"key": key, "level": str(level), "max_size": max_size,
+                                             "score": score, "n_top": n_top}),
+        **counts, "best": _A.best_combinations(table)}
+    return table, counts
+
+
 def region_combinations(adata: ad.AnnData, annotation: np.ndarray, ontology: Ontology, *, key: str = "nmf",
                         level=None, max_size: int = 3, score: str = "pearson", n_top: int = 20) -> pd.DataFrame:
     """Best single structure, contiguous pair and triple per principal pattern (osNMF).
@@ -678,20 +699,9 @@ def region_combinations(adata: ad.AnnData, annotation: np.ndarray, ontology: Ont
     from .core import atlas_stats as _A
 
     W, _, names = _volume_result(adata, key)
-    grid = _grid.grid_of(adata)
-    ann = np.asarray(annotation)
-    if ann.shape != tuple(grid.shape):
-        raise ValueError(f"The annotation has shape {ann.shape} but the patterns are on a {tuple(grid.shape)} grid: "
-                         "use the annotation of the same grid (resample one of them).")
-    labels = _A.structure_labels(ann, ontology, level)
-    vols = _grid.to_volume(adata, W.astype(np.float32))
-    table, counts = _A.region_combinations(vols, labels, ontology, names=names, max_size=max_size, score=score,
-                                           n_top=n_top)
-    rec = provenance("region_combinations", {"key": key, "level": str(level), "max_size": max_size,
-                                             "score": score, "n_top": n_top})
-    rec.update(counts)
-    rec["best"] = _A.best_combinations(table)
-    adata.uns[f"{key}_region_combinations"] = rec
+    labels = _A.structure_labels(_annotation_on_grid(adata, annotation), ontology, level)
+    table, _ = _store_region_combinations(adata, W, names, labels, ontology, key=key, level=level,
+                                          max_size=max_size, score=score, n_top=n_top)
     return table
 
 
@@ -839,12 +849,7 @@ def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, on
     if annotation is not None:
         if ontology is None:
             raise ValueError("Region combinations need the atlas ontology with the annotation.")
-        ann = np.asarray(annotation)
-        grid = _grid.grid_of(adata)
-        if ann.shape != tuple(grid.shape):
-            raise ValueError(f"The annotation has shape {ann.shape} but the patterns are on a {tuple(grid.shape)} "
-                             "grid: use the annotation of the same grid (resample one of them).")
-        labels = _A.structure_labels(ann, ontology, level)
+        labels = _A.structure_labels(_annotation_on_grid(adata, annotation), ontology, level)
     if network_rule not in ("paper", "reference"):
         raise ValueError(f"network_rule must be 'paper' or 'reference'; got {network_rule!r}.")
     if score not in ("pearson", "dice"):
@@ -868,13 +873,8 @@ def iter_osnmf_suite(adata: ad.AnnData, annotation: np.ndarray | None = None, on
         out["networks"] = coexpression_networks(adata, key=key, n_genes=n_network_genes, rule=network_rule)
     if labels is not None:
         yield Progress(4, total, "region combinations (singles, contiguous pairs and triples)")
-        vols = _grid.to_volume(adata, W.astype(np.float32))
-        table, counts = _A.region_combinations(vols, labels, ontology, names=names, score=score, n_top=n_top,
-                                               all_singles=True)
+        table, counts = _store_region_combinations(adata, W, names, labels, ontology, key=key, level=level,
+                                                   max_size=3, score=score, n_top=n_top, all_singles=True)
         out.update(region_combinations=table, counts=counts)
-        adata.uns[f"{key}_region_combinations"] = {
-            **provenance("region_combinations", {"key": key, "level": str(level), "max_size": 3, "score": score,
-                                                 "n_top": n_top}),
-            **counts, "best": _A.best_combinations(table)}
     yield Progress(total, total, "done")
     return out

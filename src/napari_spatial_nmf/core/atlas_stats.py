@@ -21,7 +21,6 @@ from .ontology import Ontology
 COARSE_12 = ("Isocortex", "OLF", "HPF", "CTXsp", "STR", "PAL", "TH", "HY", "MB", "P", "MY", "CB")
 
 
-
 def medium_structures(ontology: Ontology) -> list[int]:
     """The osNMF "medium" level: every child of the 12 coarse divisions, in ontology order.
 
