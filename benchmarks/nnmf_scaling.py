@@ -117,7 +117,8 @@ def main(argv=None) -> int:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| cells | nnz | neighbours | kernel (s) | s / iteration | {a.iterations} iterations (s) | peak RSS (GB) |")
+    print(f"\n| cells | nnz | neighbours | kernel (s) | s / iteration | {a.iterations} iterations (s) "
+          "| peak RSS (GB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['n_cells']:,} | {r['nnz']:,} | {r['mean_neighbors']:.1f} | {r['kernel_s']:.1f} | "

@@ -2,7 +2,8 @@
 
 Reference (the osNMF / Yu-Group way): for every K and bootstrap replicate b, resample the
 images with ``np.random.RandomState(b).choice``, fit ``sklearn.decomposition.NMF(K,
-random_state=0)`` (images x pixels; osNMF fixes the seed for every replicate), take ``components_`` as the dictionary, then the
+random_state=0)`` (images x pixels; osNMF fixes the seed for every replicate), take
+``components_`` as the dictionary, then the
 instability = mean over replicate pairs of the Hungarian distance on cosine similarity
 (``findcorrelation`` + ``linear_sum_assignment``).
 

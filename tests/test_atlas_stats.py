@@ -29,7 +29,7 @@ def bdgp_nmf(bdgp):
 
 
 def test_adjacency_is_the_6_connected_dilation(allen):
-    stack, atlas = allen
+    _, atlas = allen
     lab = A.structure_labels(atlas.annotation, atlas.ontology)
     ids, edges = A.structure_adjacency(lab)
     cross = ndimage.generate_binary_structure(3, 1)
@@ -159,7 +159,7 @@ def test_imputation_holdout_on_real_allen_grids(allen):
     stack, atlas = allen
     a = stack.to_anndata(mask=atlas.mask)
     assert np.isnan(np.asarray(a.X)).any()  # the real grids have missing (-1) voxels
-    res = tl.imputation_holdout(a, fraction=0.05, seed=0)
+    res = tl.imputation_holdout(a, fraction=0.05, random_state=0)
     assert list(res["gene"]) == ["Pdyn", "Nrp1"]
     assert (res["r"] > 0.9).all()
     assert (res["mae"] < res["mean_value"]).all()

@@ -56,15 +56,16 @@ def test_stability_command_resumes(tmp_path, capsys):
     from napari_spatial_nmf import datasets
 
     stack = datasets.bdgp()
-    np.savez(tmp_path / "bdgp.npz", images=np.nan_to_num(stack.data[:200], nan=-1.0), image_names=np.array(stack.genes[:200]),
-             missing_value=-1.0)
+    np.savez(tmp_path / "bdgp.npz", images=np.nan_to_num(stack.data[:200], nan=-1.0),
+             image_names=np.array(stack.genes[:200]), missing_value=-1.0)
     args = ["stability", "--volumes", str(tmp_path / "bdgp.npz"), "--k-min", "3", "--k-max", "5", "-n", "3",
             "--out", str(tmp_path / "st")]
     # the -1 pixels (outside the embryo) are no data: the mask drops them, no imputation needed
     assert main(args) == 0
     first = pd.read_csv(tmp_path / "st" / "stability.csv")
     assert list(first["k"]) == [3, 4, 5] and (tmp_path / "st" / "instability.png").exists()
-    assert main(args) == 0  # everything is in the store: resumes, same numbers
+    assert main(args) == 2  # a second run into the same folder is refused ...
+    assert main([*args, "--overwrite"]) == 0  # ... unless asked; everything is in the store: same numbers
     again = pd.read_csv(tmp_path / "st" / "stability.csv")
     assert np.array_equal(first["instability"], again["instability"])
     adata = ad.read_h5ad(tmp_path / "st" / "result.h5ad")

@@ -93,7 +93,8 @@ def test_atlas(tmp_path):
     assert atlas.axes == ("AP", "DV", "ML") and len(atlas.ontology) == 1327
     shutil.copy(DATA / "annotation_200um_ccf2017_ishgrid.nrrd", tmp_path)
     assert io.read_atlas(tmp_path / "annotation_200um_ccf2017_ishgrid.nrrd").ontology is None
-    (tmp_path / "structure_tree.csv").write_text("id,acronym,name,parent_structure_id\n997,root,root,\n8,grey,Grey,997\n")
+    (tmp_path / "structure_tree.csv").write_text(
+        "id,acronym,name,parent_structure_id\n997,root,root,\n8,grey,Grey,997\n")
     with pytest.raises(ValueError, match="not structures of the ontology"):
         io.read_atlas(tmp_path / "annotation_200um_ccf2017_ishgrid.nrrd")
     nrrd.write(str(tmp_path / "float.nrrd"), np.zeros((3, 3, 3), np.float32))

@@ -12,7 +12,7 @@ def test_core_runs_with_napari_and_qt_blocked():
             sys.modules[name] = None  # any import of these now fails
         import numpy as np
         import napari_spatial_nmf as nsn
-        from napari_spatial_nmf import core, datasets, io, pipeline, plotting, tl
+        from napari_spatial_nmf import cli, core, datasets, io, pipeline, pl, results, tl
         stack, atlas = datasets.allen_200um()
         df = core.region_correlation(stack.data[0], atlas.annotation, atlas.ontology)
         print(df.iloc[0]["acronym"])

@@ -21,7 +21,7 @@ from napari_spatial_nmf.core.stability import (
 def test_replicates_follow_sklearn_on_the_resampled_copy(bdgp):
     _, X = bdgp  # 405 pixels x 1,640 images; replicates resample images (osNMF)
     reps = [0, 1, 2, 3]
-    res = drain(fit_replicates(X, 21, reps, resample="genes", seed=0))
+    res = drain(fit_replicates(X, 21, reps, resample="genes", random_state=0))
     same_patterns = []
     for i, b in enumerate(reps):
         idx = np.random.RandomState(b).choice(1640, 1640, replace=True)
@@ -94,7 +94,7 @@ def test_sweep_on_bdgp_resume_and_dask(bdgp, tmp_path):
     resumed = drain(iter_stability(X, ks, N, batch_size=2, store=tmp_path / "b"))
     assert np.array_equal(resumed.table["instability"], full.table["instability"])
     with pytest.raises(ValueError, match="other data or parameters"):
-        iter_stability(X, ks, N, batch_size=2, store=tmp_path / "b", seed=5)
+        iter_stability(X, ks, N, batch_size=2, store=tmp_path / "b", random_state=5)
     dask = drain(iter_stability(X, ks, N, batch_size=2, backend="dask"))
     assert np.array_equal(dask.table["instability"], full.table["instability"])
 
@@ -107,10 +107,8 @@ def test_bad_input(bdgp):
         iter_stability(X, [61], 3)
     with pytest.raises(ValueError, match="n_replicates must be >= 2"):
         iter_stability(X, [2, 3], 1)
-    Z = X.copy()
-    Z[:, 5] = 0
-    with pytest.raises(ValueError, match="all-zero"):
-        iter_stability(Z, [2, 3], 3)
+    with pytest.raises(ValueError, match="all zeros"):
+        iter_stability(np.zeros_like(X), [2, 3], 3)
     Z = X.copy()
     Z[0, 0] = np.nan
     with pytest.raises(ValueError, match="missing"):

@@ -1,11 +1,13 @@
 """napari-spatial-nmf: principal spatial patterns of gene expression over anatomical atlases.
 
-The import is light: ``tl``, ``io`` and ``core`` never import napari or Qt, so the
-same analysis runs in scripts and on servers without a display.
+The import is light: ``core``, ``io``, ``tl``, ``pl`` and ``datasets`` never import napari
+or Qt, so the same analysis runs in scripts and on servers without a display.
 
 >>> import napari_spatial_nmf as nsn
->>> adata = nsn.io.read_cells("cells.h5ad")          # doctest: +SKIP
->>> nsn.tl.nmf(adata, n_components=8, random_state=0)  # doctest: +SKIP
+>>> adata = nsn.datasets.osmfish()
+>>> nsn.tl.nmf(adata, n_components=8, random_state=0)
+>>> adata.obsm["X_nmf"].shape
+(6471, 8)
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -15,6 +17,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from . import core, io, tl
+from . import core, datasets, io, pl, tl
 
-__all__ = ["__version__", "core", "io", "tl"]
+__all__ = ["__version__", "core", "datasets", "io", "pl", "tl"]

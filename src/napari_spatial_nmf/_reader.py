@@ -1,11 +1,24 @@
-"""npe2 reader contributions: sniff cheaply, return None for files we do not read."""
+"""npe2 reader and writer contributions.
+
+The reader sniffs the content cheaply and returns None for files that are not ours, so
+napari can try its other readers: an Allen grid zip (a MetaImage header inside), a folder
+of them, a SpatialData store, an atlas or gene-stack NRRD, an .npz gene stack or BDGP
+table, a .tif written by this plugin, a BDGP csv with its template, an .h5ad (a result of
+``napari-spatial-nmf run`` opens as pattern layers; other AnnData as cells), and a
+BrainGlobe atlas's ``manifest.json``.
+"""
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 from . import io
-from ._layers import atlas_layer, cells_layer, pattern_layers, stack_layer
+from ._layers import atlas_layer, cells_layer, pattern_layers, stack_layers
+from .results import REGISTRY, RESULT_ID
+
+TIF_MARKER = "napari-spatial-nmf"
 
 
 def _is_label_nrrd(path: Path) -> bool:
@@ -13,29 +26,69 @@ def _is_label_nrrd(path: Path) -> bool:
 
     try:
         header = nrrd.read_header(str(path))
-    except Exception:  # not an NRRD: let other readers try  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - not an NRRD: let other readers try
         return False
     return str(header.get("type", "")).lower() in {
         "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
         "unsigned char", "unsigned short", "unsigned int", "short", "int", "long"}
 
 
+def _npz_is_stack(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {Path(n).stem for n in zf.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names & {"stack", "images", "energy", "data", "X", "volumes"}) or {"table", "image_names"} <= names
+
+
+def _our_tif(path: Path) -> bool:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tf:
+            desc = tf.pages[0].description or ""
+    except Exception:  # noqa: BLE001 - not a readable TIFF: not ours
+        return False
+    return TIF_MARKER in desc
+
+
+def _is_brainglobe_manifest(path: Path) -> bool:
+    return path.name == "manifest.json" and len(path.parents) > 3 and path.parents[2].name == "atlases"
+
+
 def _read_atlas(path):
-    atlas = io.read_atlas(path)
-    return [atlas_layer(atlas, name=Path(path).name.split(".")[0])]
+    p = Path(path)
+    if _is_brainglobe_manifest(p):
+        atlas = io.read_brainglobe_atlas(p.parents[1].name, brainglobe_dir=p.parents[4])
+        return [atlas_layer(atlas, name=p.parents[1].name)]
+    return [atlas_layer(io.read_atlas(p), name=p.name.split(".")[0])]
 
 
 def _read_allen(path):
-    stack = io.read_allen_energy(path)
-    return [stack_layer(stack)]
+    return stack_layers(io.read_allen_energy(path))
 
 
 def _read_stack(path):
-    return [stack_layer(io.read_image_stack(path))]
+    p = Path(path)
+    return stack_layers(io.read_image_stack(p), name=p.name.split(".")[0])
+
+
+def _read_tif(path):
+    import tifffile
+
+    p = Path(path)
+    with tifffile.TiffFile(p) as tf:
+        data = tf.asarray()
+        meta = json.loads(tf.pages[0].description)
+    kwargs = {k: meta[k] for k in ("name", "scale", "translate", "colormap", "contrast_limits", "axis_labels")
+              if k in meta}
+    kwargs["metadata"] = {k: v for k, v in meta.get("metadata", {}).items() if k != RESULT_ID}
+    return [(data, kwargs, "image")]
 
 
 def _read_bdgp(path):
-    return [stack_layer(io.read_bdgp(path), name="BDGP images")]
+    return stack_layers(io.read_bdgp(path), name="BDGP images")
 
 
 def _volume_result_keys(adata) -> list[str]:
@@ -48,15 +101,21 @@ def _volume_result_keys(adata) -> list[str]:
 
 def _read_h5ad(path):
     """A volume NMF result opens as its pattern layers (usable by the atlas-analysis dock);
-    any other AnnData as a cell point cloud."""
+    any other AnnData as a cell point cloud.
+    """
     path = Path(path)
     adata = io.read_h5ad(path)
     keys = _volume_result_keys(adata)
     if keys:
         source = path.parent.name if path.stem == "result" else path.stem
-        return [lt for key in keys for lt in pattern_layers(adata, key, source=source)]
+        return [lt for key in keys for lt in pattern_layers(REGISTRY.add(adata, "nmf", key, source))]
     io.check_cells(adata, source=path.name)
     return [cells_layer(adata, name=path.stem)]
+
+
+def _read_spatialdata(path):
+    adata = io.read_spatialdata(path)
+    return [cells_layer(adata, name=Path(path).stem)]
 
 
 def get_reader(path):
@@ -68,17 +127,79 @@ def get_reader(path):
     p = Path(path)
     name = p.name.lower()
     if p.is_dir():
-        if any(p.glob("*.zip")):
+        if io.is_spatialdata(p):
+            return _read_spatialdata
+        if any(io.is_allen_zip(z) for z in p.glob("*.zip")):
             return _read_allen
         return None
+    if not p.is_file():
+        return None
     if name.endswith(".zip"):
-        return _read_allen
+        return _read_allen if io.is_allen_zip(p) else None
     if name.endswith(".h5ad"):
         return _read_h5ad
     if name.endswith(".nrrd"):
         return _read_atlas if _is_label_nrrd(p) else _read_stack
-    if name.endswith((".npz", ".tif", ".tiff")):
-        return _read_stack
+    if name.endswith(".npz"):
+        return _read_stack if _npz_is_stack(p) else None
+    if name.endswith((".tif", ".tiff")):
+        return _read_tif if _our_tif(p) else None
     if name.endswith((".csv", ".csv.gz")) and "emplate" not in name and any(p.parent.glob("*emplate*.csv")):
         return _read_bdgp
+    if _is_brainglobe_manifest(p):
+        return _read_atlas
     return None
+
+
+# ---------------------------------------------------------------------- writers
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return None
+
+
+def write_tif(path: str, data, attributes: dict) -> list[str]:
+    """Write an image layer (a pattern, a gene volume) to a .tif with its name, scale and
+    metadata in the description, so this plugin reads it back as the same layer.
+    """
+    import numpy as np
+    import tifffile
+
+    meta = {"marker": TIF_MARKER, "name": attributes.get("name"),
+            "scale": [float(s) for s in attributes.get("scale", ())],
+            "translate": [float(t) for t in attributes.get("translate", ())],
+            "axis_labels": list(attributes.get("axis_labels", ())) or None,
+            "contrast_limits": [float(c) for c in attributes.get("contrast_limits", (0, 1))],
+            "metadata": {k: v for k, v in attributes.get("metadata", {}).items() if _jsonable(v) is not None}}
+    tifffile.imwrite(path, np.asarray(data), description=json.dumps(meta), metadata=None)
+    return [path]
+
+
+def write_h5ad(path: str, layer_data: list[tuple]) -> list[str]:
+    """Write the result behind the chosen layers (pattern images, cell weights, domains) as
+    an .h5ad AnnData with all its keys; a plain cell layer writes its AnnData with the
+    layer's features as obs columns.
+    """
+    adatas = []
+    for _data, attributes, _ in layer_data:
+        meta = attributes.get("metadata", {})
+        if RESULT_ID in meta:
+            adata = REGISTRY.get(meta[RESULT_ID]).adata
+        elif "adata" in meta:
+            adata = meta["adata"].copy()
+            feats = attributes.get("features")
+            if feats is not None and len(feats) == adata.n_obs:
+                for c in feats.columns:
+                    if c not in adata.obs:
+                        adata.obs[c] = feats[c].to_numpy()
+        else:
+            continue
+        if not any(a is adata for a in adatas):
+            adatas.append(adata)
+    if len(adatas) != 1:
+        return []  # nothing of ours, or several results: napari reports that nothing was written
+    adatas[0].write_h5ad(path, compression="gzip")
+    return [path]

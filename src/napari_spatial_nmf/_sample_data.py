@@ -1,4 +1,4 @@
-"""npe2 sample-data contributions (File > Open Sample > napari-spatial-nmf)."""
+"""npe2 sample-data contributions (File > Open Sample > Spatial NMF)."""
 
 from __future__ import annotations
 
@@ -6,22 +6,22 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
-from ._layers import atlas_layer, cells_layer, stack_layer
+from ._layers import atlas_layer, cells_layer, stack_layers
 
 
 def allen_sample():
-    """Allen CCFv3 annotation (200 µm) + Pdyn and Nrp1 expression energy."""
+    """Allen CCFv3 annotation (200 µm, dim; hover names structures) + Pdyn and Nrp1 expression energy."""
     stack, atlas = datasets.allen_200um()
-    return [atlas_layer(atlas, name="CCFv3 annotation"), stack_layer(stack, name="Allen ISH energy")]
+    return [atlas_layer(atlas, name="CCFv3 annotation"), *stack_layers(stack)]
 
 
 def bdgp_sample():
-    """BDGP Drosophila embryo ISH images (1,640 images, 16 x 32)."""
-    return [stack_layer(datasets.bdgp(), name="BDGP images")]
+    """BDGP Drosophila embryo ISH images (1,640 images, 16 x 32; the slider picks the image)."""
+    return stack_layers(datasets.bdgp(), name="BDGP images")
 
 
 def osmfish_sample():
-    """osmFISH somatosensory cortex cells, coloured by expert region."""
+    """OsmFISH somatosensory cortex cells, coloured by expert region (hover names the region)."""
     return [cells_layer(datasets.osmfish(), name="osmFISH cells", color_by="region")]
 
 

@@ -1,8 +1,15 @@
-"""Command line: ``napari-spatial-nmf demo`` and ``napari-spatial-nmf run``.
+"""napari-spatial-nmf: principal spatial patterns of gene expression, from the command line.
 
-``demo`` opens napari with the Allen sample and the docks when a display is available,
-and otherwise runs the main job headless on the shipped samples. ``run`` is the same job
-on your own files.
+Commands:
+  demo        open napari on the shipped Allen sample (with a display), or run the main
+              jobs on the shipped samples and write the results (without one)
+  run         NMF of gene volumes or cells, with atlas region read-outs
+  stability   choose K by staNMF (bootstrap instability), then fit the final model
+  nnmf        neighbourhood NMF of a cell point cloud (spatial gene programs)
+
+Every command writes one complete set of files to --out (refusing a non-empty folder
+unless --overwrite) and prints a JSON summary that lists them. Exit status: 0 on success,
+2 on bad input (a one-line message, nothing written).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -18,29 +26,67 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
 
 
-def _demo_headless(out: Path) -> int:
+class TqdmProgress:
+    """Renders the core's Progress records as tqdm bars on stderr (one bar per stage)."""
+
+    def __init__(self, disable: bool | None = None):
+        self.bar = None
+        self.disable = disable
+        self.total = None
+
+    def __call__(self, p) -> None:
+        """Show one Progress record (a new bar when the stage changes)."""
+        from tqdm import tqdm
+
+        if self.bar is None or p.total != self.total or p.step < self.bar.n:
+            self.close()
+            self.total = p.total
+            self.bar = tqdm(total=max(p.total, 1), file=sys.stderr, disable=self.disable, leave=False,
+                            dynamic_ncols=True, mininterval=0.5)
+        self.bar.n = min(p.step, self.bar.total)
+        self.bar.set_description_str(p.message[:60], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Remove the current bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _progress(args) -> TqdmProgress:
+    """Bars on a terminal; none with --quiet or when stderr is not a terminal (logs, CI)."""
+    return TqdmProgress(disable=True if getattr(args, "quiet", False) else None)
+
+
+def _demo_headless(out: Path, overwrite: bool) -> int:
     from . import datasets, pipeline
 
+    progress = TqdmProgress()
+    from .pipeline import OutputFolder
+
+    OutputFolder(out, overwrite=overwrite)  # refuse a non-empty folder before the first job
     stack, atlas = datasets.allen_200um()
     print(f"[1/4] Allen ISH energy {stack.genes} on the CCFv3 200 µm grid -> {out / 'allen'}")
-    _, s = pipeline.run_volumes(stack, 2, out / "allen", atlas=atlas)
+    _, s = pipeline.run_volumes(stack, 2, out / "allen", atlas=atlas, overwrite=overwrite, progress=progress)
     for g, b in s["best_structure_per_gene"].items():
         print(f"      {g}: best structure {b['acronym']} ({b['name']}), r = {b['r']:.3f}")
     for p, b in s["best_structure"].items():
         print(f"      {p}: best structure {b['acronym']} ({b['name']}), r = {b['r']:.3f}")
     for p, b in s["region_combinations"]["best"].items():
         print(f"      {p}: best contiguous combination {b['structures']}, r = {b['r']:.3f}")
-    print(f"      Moran's I (mean): {s['morans_i_mean']}")
     print(f"[2/4] BDGP Drosophila embryo images (1,640), K = 21 -> {out / 'bdgp'}")
-    _, s = pipeline.run_volumes(datasets.bdgp(), 21, out / "bdgp")
+    _, s = pipeline.run_volumes(datasets.bdgp(), 21, out / "bdgp", overwrite=overwrite, progress=progress)
     print(f"      relative Frobenius error {s['relative_error']:.4f} after {s['n_iter']} iterations")
     print(f"[3/4] osmFISH cells (6,471 x 33), NMF K = 11 -> {out / 'osmfish'}")
-    _, s = pipeline.run_cells(datasets.osmfish(), 11, out / "osmfish")
+    _, s = pipeline.run_cells(datasets.osmfish(), 11, out / "osmfish", overwrite=overwrite, progress=progress)
     print(f"      relative Frobenius error {s['relative_error']:.4f} after {s['n_iter']} iterations")
     cells = datasets.osmfish()
     cells = cells[(cells.obs["region"] != "Excluded").to_numpy()].copy()
     print(f"[4/4] osmFISH neighbourhood NMF, K = 11, annotated cells -> {out / 'osmfish_nnmf'}")
-    _, s = pipeline.run_nnmf(cells, 11, out / "osmfish_nnmf", label_key="region")
+    _, s = pipeline.run_nnmf(cells, 11, out / "osmfish_nnmf", label_key="region", overwrite=overwrite,
+                             progress=progress)
+    progress.close()
     print(f"      lengthscale {s['lengthscale']:.1f} µm, {s['mean_neighbors']:.1f} neighbours; "
           f"domains vs expert regions: ARI {s['ari']:.3f}, NMI {s['nmi']:.3f}")
     print(f"Results, tables and figures are in {out.resolve()}")
@@ -53,73 +99,11 @@ def _demo_gui() -> int:
     viewer = napari.Viewer(title="napari-spatial-nmf demo")
     viewer.open_sample("napari-spatial-nmf", "allen_200um")
     _, nmf = viewer.window.add_plugin_dock_widget("napari-spatial-nmf", "Pattern discovery (NMF)")
-    _, reg = viewer.window.add_plugin_dock_widget("napari-spatial-nmf", "Region correlation")
+    viewer.window.add_plugin_dock_widget("napari-spatial-nmf", "Region correlation", tabify=True)
     nmf.inputs.value = [viewer.layers["Allen ISH energy"]]
     nmf.mask.value = viewer.layers["CCFv3 annotation"]
     nmf.n_components.value = 2
     napari.run()
-    return 0
-
-
-def _run(args) -> int:
-    from . import pipeline
-
-    data, atlas = _load_input(args)
-    if args.cells:
-        _, summary = pipeline.run_cells(data, args.k, args.out, random_state=args.seed, max_iter=args.max_iter)
-    else:
-        _, summary = pipeline.run_volumes(data, args.k, args.out, atlas=atlas, random_state=args.seed,
-                                          missing=args.missing, max_iter=args.max_iter, min_voxels=args.min_voxels)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-def _load_input(args):
-    """AnnData for ``run``/``stability`` from --cells or --volumes (+ --atlas as the mask)."""
-    import numpy as np
-
-    from . import io
-
-    if args.cells:
-        return io.read_cells(args.cells), None
-    if not args.volumes:
-        raise ValueError("Give --volumes (Allen zips / folder, .npz, .nrrd, .tif, BDGP csv) or --cells.")
-    stacks = [_read_volumes(p) for p in args.volumes]
-    stack = stacks[0]
-    for s in stacks[1:]:
-        if s.data.shape[1:] != stack.data.shape[1:]:
-            raise ValueError(f"{s.meta.get('source')} is on another grid than {stack.meta.get('source')}.")
-        stack.data = np.concatenate([stack.data, s.data])
-        stack.genes += s.genes
-    atlas = io.read_atlas(args.atlas, args.ontology) if getattr(args, "atlas", None) else None
-    if atlas is not None and atlas.annotation.shape != stack.data.shape[1:]:
-        raise ValueError(f"The volumes have grid shape {stack.data.shape[1:]} but the atlas has "
-                         f"{atlas.annotation.shape}: they must be on the same grid.")
-    return stack, atlas
-
-
-def _stability(args) -> int:
-    import numpy as np
-
-    from . import pipeline, tl
-
-    data, atlas = _load_input(args)
-    adata = data if args.cells else data.to_anndata(mask=atlas.mask if atlas is not None else None)
-    layer = None
-    if np.isnan(np.asarray(adata.X, dtype=np.float32)).any():
-        tl.impute_knn(adata)
-        layer = "imputed"
-    ks = list(range(args.k_min, args.k_max + 1))
-
-    def report(p):
-        if p.data:
-            print(f"  K={p.data['k']}: instability {p.data['instability']:.4f} ± {p.data['sd']:.4f}", flush=True)
-
-    _, summary = pipeline.run_stability(adata, ks, args.n, args.out, store=args.store, random_state=args.seed,
-                                        resample=args.resample, matching=args.matching, similarity=args.similarity,
-                                        backend=args.backend, scheduler=args.scheduler, layer=layer,
-                                        progress=report)
-    print(f"lowest instability at K = {summary['best_k']}; results in {args.out}")
     return 0
 
 
@@ -134,51 +118,172 @@ def _read_volumes(path):
     return io.read_image_stack(p)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="napari-spatial-nmf", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="open napari on the shipped sample, or run the main job headless")
+def _load_input(args):
+    """(Stack or AnnData, Atlas or None) from --volumes / --cells (+ --atlas)."""
+    from . import io
+
+    if args.cells and args.volumes:
+        raise ValueError("Give either --volumes or --cells, not both.")
+    atlas = io.read_atlas(args.atlas, args.ontology) if getattr(args, "atlas", None) else None
+    if args.cells:
+        return io.read_cells(args.cells), atlas
+    if not args.volumes:
+        raise ValueError("Give --volumes (Allen zips or a folder of them, .npz, .nrrd, .tif, a BDGP csv) or --cells.")
+    stack = _read_volumes(args.volumes[0])
+    for p in args.volumes[1:]:
+        stack = stack.concat(_read_volumes(p))
+    if atlas is not None and atlas.annotation.shape != stack.data.shape[1:]:
+        raise ValueError(f"The volumes have grid shape {stack.data.shape[1:]} but the atlas has "
+                         f"{atlas.annotation.shape}: they must be on the same grid.")
+    return stack, atlas
+
+
+def _print_summary(summary: dict) -> None:
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def _run(args) -> int:
+    from . import pipeline
+
+    data, atlas = _load_input(args)
+    if args.cells:
+        _, summary = pipeline.run_cells(data, args.k, args.out, random_state=args.random_state,
+                                        max_iter=args.max_iter, overwrite=args.overwrite, progress=_progress(args))
+    else:
+        _, summary = pipeline.run_volumes(data, args.k, args.out, atlas=atlas, random_state=args.random_state,
+                                          missing=args.missing, max_iter=args.max_iter, min_voxels=args.min_voxels,
+                                          overwrite=args.overwrite, progress=_progress(args))
+    _print_summary(summary)
+    return 0
+
+
+def _stability(args) -> int:
+    import numpy as np
+
+    from . import pipeline, tl
+
+    data, atlas = _load_input(args)
+    adata = data if args.cells else data.to_anndata(mask=atlas.mask if atlas is not None else None)
+    layer = None
+    if args.missing == "impute" and np.isnan(np.asarray(adata.X, dtype=np.float32)).any():
+        tl.impute_knn(adata)
+        layer = "imputed"
+    store = args.store or args.out.with_name(args.out.name + ".store")
+    bar = _progress(args)
+
+    def report(p):
+        bar(p)
+        if p.data:
+            bar.close()
+            print(f"  K={p.data['k']}: instability {p.data['instability']:.4f} ± {p.data['sd']:.4f}", flush=True)
+
+    _, summary = pipeline.run_stability(adata, range(args.k_min, args.k_max + 1), args.n, args.out, store=store,
+                                        random_state=args.random_state, resample=args.resample,
+                                        matching=args.matching, similarity=args.similarity, backend=args.backend,
+                                        scheduler=args.scheduler, layer=layer,
+                                        missing="zero" if args.missing == "zero" else "raise",
+                                        overwrite=args.overwrite, progress=report)
+    bar.close()
+    _print_summary(summary)
+    return 0
+
+
+def _nnmf(args) -> int:
+    from . import io, pipeline
+
+    adata = io.read_cells(args.cells, spatial_key=args.spatial_key)
+    _, summary = pipeline.run_nnmf(adata, args.k, args.out, label_key=args.label_key, random_state=args.random_state,
+                                   lengthscale=args.lengthscale, slice_key=args.slice_key, spatial_key=args.spatial_key,
+                                   max_iter=args.max_iter, filter_cells=not args.keep_empty_cells,
+                                   overwrite=args.overwrite, progress=_progress(args))
+    _print_summary(summary)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, *, k: bool = True) -> None:
+    if k:
+        p.add_argument("-k", "--k", type=int, required=True, help="number of principal patterns / factors K")
+    p.add_argument("--random-state", "--seed", dest="random_state", type=int, default=0,
+                   help="random seed (the same seed gives identical results; default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty; see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the whole contents of a non-empty --out with this run's files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--volumes", nargs="+", metavar="PATH",
+                   help="Allen energy zips or a folder of them, .npz, .nrrd, .tif, or a BDGP table .csv")
+    p.add_argument("--cells", metavar="FILE", help="an .h5ad (or SpatialData .zarr) with cell coordinates")
+    p.add_argument("--atlas", metavar="ANNOTATION",
+                   help="atlas annotation .nrrd, or brainglobe:NAME for a local BrainGlobe atlas; restricts the "
+                        "analysis to the brain (label > 0) and adds the region read-outs")
+    p.add_argument("--ontology", metavar="FILE",
+                   help="structure tree .csv/.json (default: found next to the annotation)")
+    p.add_argument("--missing", choices=["impute", "raise", "zero"], default="impute",
+                   help="missing voxels (Allen's -1): impute from the 6 nearest measured voxels (osNMF; default), "
+                        "stop with an error, or count as zero")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser (every option has help)."""
+    ap = argparse.ArgumentParser(prog="napari-spatial-nmf", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="open napari on the shipped sample, or run the main jobs headless")
     demo.add_argument("--headless", action="store_true", help="never open a window")
-    demo.add_argument("--out", type=Path, default=Path("nsnmf-demo"), help="output folder (headless)")
-    run = sub.add_parser("run", help="NMF + region correlation on your data, written to --out")
-    run.add_argument("--volumes", nargs="+", help="Allen energy zips or folder, .npz, .nrrd, .tif, BDGP csv")
-    run.add_argument("--cells", help="an .h5ad with obsm['spatial']")
-    run.add_argument("--atlas", help="annotation .nrrd (restricts to the brain, adds region tables)")
-    run.add_argument("--ontology", help="structure csv/json (default: found next to the annotation)")
-    run.add_argument("-k", "--k", type=int, required=True, help="number of principal patterns K")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--max-iter", type=int, default=200)
-    run.add_argument("--missing", choices=["impute", "raise", "zero"], default="impute")
-    run.add_argument("--min-voxels", type=int, default=50)
-    run.add_argument("--out", type=Path, required=True)
+    demo.add_argument("--out", type=Path, default=Path("nsnmf-demo"), help="output folder (default nsnmf-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo")
+    run = sub.add_parser("run", help="NMF + atlas region read-outs of your volumes or cells")
+    _input_options(run)
+    _common(run)
+    run.add_argument("--max-iter", type=int, default=200, help="maximum NMF iterations (default 200)")
+    run.add_argument("--min-voxels", type=int, default=50,
+                     help="leave out structures with fewer voxels from the region tables (default 50)")
     st = sub.add_parser("stability", help="choose K by staNMF (bootstrap instability), then fit the final model")
-    st.add_argument("--volumes", nargs="+", help="Allen energy zips or folder, .npz, .nrrd, .tif, BDGP csv")
-    st.add_argument("--cells", help="an .h5ad with obsm['spatial']")
-    st.add_argument("--atlas", help="annotation .nrrd: restrict to the brain")
-    st.add_argument("--ontology")
-    st.add_argument("--k-min", type=int, required=True)
-    st.add_argument("--k-max", type=int, required=True)
+    _input_options(st)
+    _common(st, k=False)
+    st.add_argument("--k-min", type=int, required=True, help="smallest K of the sweep")
+    st.add_argument("--k-max", type=int, required=True, help="largest K of the sweep")
     st.add_argument("-n", type=int, default=100, help="bootstrap replicates per K (default 100)")
-    st.add_argument("--resample", choices=["genes", "obs", "none"], default="genes")
-    st.add_argument("--matching", choices=["hungarian", "amari"], default="hungarian")
-    st.add_argument("--similarity", choices=["cosine", "pearson"], default="cosine")
-    st.add_argument("--seed", type=int, default=0)
-    st.add_argument("--store", type=Path, help="results folder (default OUT/store); re-running resumes")
-    st.add_argument("--backend", choices=["local", "dask"], default="local")
-    st.add_argument("--scheduler", help="dask scheduler address (default: a LocalCluster)")
-    st.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    st.add_argument("--resample", choices=["genes", "obs", "none"], default="genes",
+                    help="what a replicate resamples: genes (osNMF; default), observations, or nothing (random "
+                         "restarts, Wu et al. 2016)")
+    st.add_argument("--matching", choices=["hungarian", "amari"], default="hungarian",
+                    help="how two replicates' patterns are matched (default hungarian)")
+    st.add_argument("--similarity", choices=["cosine", "pearson"], default="cosine",
+                    help="pattern similarity (default cosine)")
+    st.add_argument("--store", type=Path,
+                    help="results folder that keeps every finished fit (default OUT.store); re-running resumes")
+    st.add_argument("--backend", choices=["local", "dask"], default="local", help="where fits run (default local)")
+    st.add_argument("--scheduler", help="dask scheduler address (default: a local cluster)")
+    nn = sub.add_parser("nnmf", help="neighbourhood NMF of a cell point cloud (spatial gene programs)")
+    nn.add_argument("--cells", required=True, metavar="FILE", help="an .h5ad (or SpatialData .zarr) of cell counts")
+    _common(nn)
+    nn.add_argument("--lengthscale", type=float,
+                    help="kernel lengthscale in the coordinates' unit (default: mean distance to the 14th neighbour)")
+    nn.add_argument("--slice-key", help="obs column: cells of different slices are never neighbours")
+    nn.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default spatial)")
+    nn.add_argument("--label-key", help="obs column of expert labels: report ARI / NMI of the domains")
+    nn.add_argument("--max-iter", type=int, default=1000, help="maximum iterations (default 1000, as the R package)")
+    nn.add_argument("--keep-empty-cells", action="store_true",
+                    help="refuse cells with no counts or repeated coordinates instead of leaving them out")
+    return ap
+
+
+def main(argv=None) -> int:
+    """Entry point of ``napari-spatial-nmf``; returns the exit status."""
+    args = parser().parse_args(argv)
+    warnings.simplefilter("default", UserWarning)
     try:
         if args.command == "demo":
             if not args.headless and _has_display():
                 return _demo_gui()
-            return _demo_headless(args.out)
-        if args.command == "stability":
-            return _stability(args)
-        return _run(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"napari-spatial-nmf: error: {exc}", file=sys.stderr)
+            return _demo_headless(args.out, args.overwrite)
+        return {"run": _run, "stability": _stability, "nnmf": _nnmf}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, KeyError, PermissionError, ImportError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"napari-spatial-nmf: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -26,12 +26,9 @@ def allen_200um() -> tuple[io.Stack, io.Atlas]:
         Stack (2, 67, 41, 58) float32, axes (AP, DV, ML), -1 as NaN; Atlas with the 2017
         CCF annotation on the same grid and the Allen ontology (1,327 structures).
     """
-    stack = io.read_allen_energy(DATA / "Pdyn_P56_coronal_71717084_200um.zip")
-    nrp1 = io.read_allen_energy(DATA / "Nrp1_P56_coronal_74272479_200um.zip")
-    stack.data = np.concatenate([stack.data, nrp1.data])
-    stack.genes += nrp1.genes
+    stack = io.read_allen_energy(DATA / "Pdyn_P56_coronal_71717084_200um.zip").concat(
+        io.read_allen_energy(DATA / "Nrp1_P56_coronal_74272479_200um.zip"))
     stack.meta["source"] = "napari-spatial-nmf sample: Allen Mouse Brain Atlas, 200 µm energy grids"
-    stack.meta["section_data_set_ids"] = stack.meta["section_data_set_ids"] + nrp1.meta["section_data_set_ids"]
     atlas = io.read_atlas(DATA / "annotation_200um_ccf2017_ishgrid.nrrd", DATA / "structure_tree_safe_2017.csv.gz")
     return stack, atlas
 
@@ -46,8 +43,10 @@ def bdgp() -> io.Stack:
 
 
 def osmfish() -> ad.AnnData:
-    """osmFISH somatosensory cortex: 6,471 cells x 33 genes (counts), x/y in µm, region labels."""
-    return io.read_cells(DATA / "osmfish_sscortex_6471cells_33genes.h5ad")
+    """OsmFISH somatosensory cortex: 6,471 cells x 33 genes (counts), x/y in µm, region labels."""
+    adata = io.read_cells(DATA / "osmfish_sscortex_6471cells_33genes.h5ad")
+    adata.uns["spatial_unit"] = "µm"
+    return adata
 
 
 def starmap_3d() -> ad.AnnData:
@@ -58,4 +57,6 @@ def starmap_3d() -> ad.AnnData:
     physical voxel size). NNMF normalises each cell, so the signal scale does not matter;
     pass ``filter_cells=True`` to leave out the empty cells.
     """
-    return io.read_cells(DATA / "starmap_3d_33598cells_28genes.h5ad")
+    adata = io.read_cells(DATA / "starmap_3d_33598cells_28genes.h5ad")
+    adata.uns["spatial_unit"] = "image voxels"
+    return adata

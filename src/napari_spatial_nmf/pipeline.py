@@ -1,40 +1,131 @@
-"""The main job, end to end and headless: data in, principal patterns and readouts out.
+"""The main jobs, end to end and headless: data in, principal patterns and read-outs out.
 
-Used by the command line (``napari-spatial-nmf run`` / ``demo``); every step is a public
-function of :mod:`napari_spatial_nmf.tl`, so scripts can do the same thing piecewise.
+Used by the command line (``napari-spatial-nmf run|stability|nnmf|demo``); every step is a
+public function of :mod:`napari_spatial_nmf.tl`, so scripts can do the same piecewise.
+
+Every job writes one complete set of files or none: the files go to a temporary folder
+beside ``out`` that replaces ``out`` only when everything is written
+(:class:`OutputFolder`). A non-empty ``out`` is refused unless ``overwrite=True``, which
+then replaces the whole set; a refused or failed run leaves nothing behind. File names
+that come from data (pattern names) are sanitised (:func:`safe_filename`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
-from . import tl
-from .core._progress import drain
+from . import pl, tl
+from .core._progress import Progress, drain
 from .io import Atlas, Stack
-from .plotting import plot_cell_patterns, plot_patterns
+
+ProgressCallback = Callable[[Progress], None] | None
 
 
-def _coefficients_table(adata: ad.AnnData, key: str) -> pd.DataFrame:
-    names = list(adata.uns[key]["pattern_names"])
-    return pd.DataFrame(np.asarray(adata.varm[f"{key}_coefficients"]), index=adata.var_names, columns=names)
+def safe_filename(name: str) -> str:
+    """A file name made from data: letters, digits, ``._-`` only, never a path.
+
+    ``"../../evil"`` becomes ``"evil"``; an empty result becomes ``"unnamed"``.
+    """
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    return s or "unnamed"
 
 
-def _write(adata: ad.AnnData, out: Path, key: str) -> dict[str, str]:
-    files = {"result": str(out / "result.h5ad"), "coefficients": str(out / "gene_coefficients.csv")}
-    _coefficients_table(adata, key).to_csv(files["coefficients"])
-    adata.write_h5ad(files["result"], compression="gzip")
-    return files
+class OutputFolder:
+    """One complete set of output files, or none.
+
+    Checked when created (before any computation): ``out`` must not be a file or lie under
+    one, and must be empty or absent unless ``overwrite``. Inside the ``with`` block, files
+    go to a temporary sibling folder; on success it replaces ``out`` (the old set is removed
+    as a whole), on an error it is deleted and ``out`` is left as it was.
+
+    Raises
+    ------
+    ValueError
+        ``out`` is a file, sits under a file, or holds files and ``overwrite`` is False.
+    PermissionError
+        The folder that would hold ``out`` is not writable (raised on entering the block,
+        still before any computation).
+    """
+
+    def __init__(self, out, *, overwrite: bool = False):
+        self.out = Path(out).expanduser().absolute()
+        for parent in [self.out, *self.out.parents]:
+            if parent.exists() and not parent.is_dir():
+                where = "is a file" if parent == self.out else f"lies under {parent}, which is a file"
+                raise ValueError(f"The output folder {self.out} {where}: choose a folder path.")
+        if self.out.is_dir() and any(self.out.iterdir()) and not overwrite:
+            raise ValueError(f"The output folder {self.out} is not empty. Choose a new folder, or pass --overwrite "
+                             "(overwrite=True) to replace its whole contents with this run's files.")
+        self.tmp: Path | None = None
+        self.files: dict[str, str] = {}
+
+    def __enter__(self) -> OutputFolder:
+        parent = self.out.parent
+        existing = next(p for p in [parent, *parent.parents] if p.exists())
+        if not os.access(existing, os.W_OK):
+            raise PermissionError(f"Cannot write the output folder {self.out}: {existing} is not writable. "
+                                  "Choose a folder you can write to.")
+        parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+        return self
+
+    def path(self, name: str, what: str | None = None) -> Path:
+        """Where to write ``name`` (relative, may include one subfolder); recorded as ``what``."""
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"Output names are relative file names; got {name!r}.")
+        p = self.tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.files[what or rel.as_posix()] = rel.as_posix()
+        return p
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
-def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = None,
-                random_state: int = 0, missing: str = "impute", max_iter: int = 200,
-                min_voxels: int = 50, key: str = "nmf") -> tuple[ad.AnnData, dict]:
-    """NMF of a gene stack (inside the atlas mask), region correlation, files in ``out``.
+def _summary(folder: OutputFolder, summary: dict) -> dict:
+    summary["files"] = dict(folder.files, summary="summary.json")
+    summary["output_folder"] = str(folder.out)
+    folder.path("summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _write_result(folder: OutputFolder, adata: ad.AnnData, key: str, table_key: str) -> None:
+    names = list(adata.uns[key].get("pattern_names", adata.uns[key].get("signature_names", [])))
+    pd.DataFrame(np.asarray(adata.varm[table_key]), index=adata.var_names, columns=names).to_csv(
+        folder.path("gene_coefficients.csv" if table_key.endswith("coefficients") else "gene_signatures.csv"))
+    adata.write_h5ad(folder.path("result.h5ad"), compression="gzip")
+
+
+def _best(table: pd.DataFrame) -> dict:
+    return {p: {"acronym": g.iloc[0]["acronym"], "name": g.iloc[0]["name"], "r": float(g.iloc[0]["r"])}
+            for p, g in table.groupby("pattern", sort=False)}
+
+
+def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = None, random_state: int = 0,
+                missing: str = "impute", max_iter: int = 200, min_voxels: int = 50, key: str = "nmf",
+                overwrite: bool = False, progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
+    """NMF of a gene stack (inside the atlas mask), region correlation, osNMF read-outs.
 
     Parameters
     ----------
@@ -43,196 +134,270 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
     n_components : int
         K.
     out : str or Path
-        Output folder (created): ``result.h5ad`` (patterns in ``obsm["X_nmf"]``, gene
-        coefficients in ``varm``, parameters in ``uns``), ``gene_coefficients.csv``,
-        ``region_correlation.csv`` and ``gene_region_correlation.csv`` (with an atlas),
-        ``patterns.png``, ``summary.json``.
+        Output folder (see :class:`OutputFolder`): ``result.h5ad``,
+        ``gene_coefficients.csv``, ``patterns.png``, the osNMF files of
+        :func:`write_osnmf_suite`, with an atlas ``region_correlation.csv`` and
+        ``gene_region_correlation.csv``, with missing voxels ``imputation_holdout.csv``,
+        and ``summary.json`` (which lists every file).
     atlas : Atlas, optional
-        Restricts the analysis to the brain (annotation > 0) and adds region readouts.
+        Restricts the analysis to the brain (annotation > 0) and adds region read-outs.
     random_state : int
+        Seed.
     missing : {"impute", "raise", "zero"}
         Missing voxels: k-NN imputation (osNMF), an error, or zero.
-    max_iter, min_voxels, key : see :func:`napari_spatial_nmf.tl.nmf` and
-        :func:`napari_spatial_nmf.tl.region_correlation`.
+    max_iter, min_voxels, key
+        See :func:`napari_spatial_nmf.tl.nmf` and :func:`napari_spatial_nmf.tl.region_correlation`.
+    overwrite : bool
+        Replace a non-empty ``out`` as a whole.
+    progress : callable, optional
+        Called with every :class:`~napari_spatial_nmf.core.Progress`.
 
     Returns
     -------
     (AnnData, dict)
-        The result and a summary (file paths, errors, best structures).
+        The result and the summary (file names, errors, best structures).
+
+    Raises
+    ------
+    ValueError
+        Bad input (checked before anything is computed or written), an unusable ``out``.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if missing not in ("impute", "raise", "zero"):
+        raise ValueError(f"missing must be 'impute', 'raise' or 'zero'; got {missing!r}.")
     if atlas is not None and atlas.annotation.shape != stack.data.shape[1:]:
         raise ValueError(f"The volumes have grid shape {stack.data.shape[1:]} but the atlas has "
                          f"{atlas.annotation.shape}: they must be on the same grid.")
     adata = stack.to_anndata(mask=atlas.mask if atlas is not None else None)
-    layer = None
-    if missing == "impute":
-        tl.check_nmf_input(adata, n_components, missing="zero")
-        if np.isnan(adata.X).any():
-            tl.imputation_holdout(adata, seed=random_state).to_csv(out / "imputation_holdout.csv", index=False)
-            tl.impute_knn(adata)
-            layer = "imputed"
-        missing = "raise"
-    tl.nmf(adata, n_components, layer=layer, missing=missing, random_state=random_state,
-           max_iter=max_iter, key_added=key)
-    summary = {"n_obs": adata.n_obs, "n_genes": adata.n_vars, "n_components": n_components,
-               "relative_error": adata.uns[key]["relative_error"], "n_iter": adata.uns[key]["n_iter"],
-               "random_state": random_state}
-    regions = None
-    if atlas is not None and atlas.ontology is not None:
-        regions = tl.region_correlation(adata, atlas.annotation, atlas.ontology, key=key, min_voxels=min_voxels)
-        regions.to_csv(out / "region_correlation.csv", index=False)
-        genes = tl.region_correlation(adata, atlas.annotation, atlas.ontology, genes=list(adata.var_names),
-                                      min_voxels=min_voxels)
-        genes.to_csv(out / "gene_region_correlation.csv", index=False)
-        summary["best_structure"] = {
-            p: {"acronym": g.iloc[0]["acronym"], "name": g.iloc[0]["name"], "r": float(g.iloc[0]["r"])}
-            for p, g in regions.groupby("pattern", sort=False)}
-        summary["best_structure_per_gene"] = {
-            p: {"acronym": g.iloc[0]["acronym"], "name": g.iloc[0]["name"], "r": float(g.iloc[0]["r"])}
-            for p, g in genes.groupby("pattern", sort=False)}
-    summary.update(_osnmf_suite(adata, out, key=key, layer=layer, atlas=atlas, random_state=random_state))
-    plot_patterns(adata, out / "patterns.png", key=key,
-                  annotation=atlas.annotation if atlas is not None else None,
-                  ontology=atlas.ontology if atlas is not None else None, region_table=regions,
-                  title=f"NMF principal patterns (K={n_components})")
-    summary["files"] = _write(adata, out, key)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    tl.check_nmf_input(adata, n_components, missing="zero" if missing in ("impute", "zero") else "raise")
+    with OutputFolder(out, overwrite=overwrite) as folder:
+        layer, nmf_missing = None, missing
+        if missing == "impute":
+            nmf_missing = "raise"
+            if np.isnan(adata.X).any():
+                tl.imputation_holdout(adata, random_state=random_state).to_csv(
+                    folder.path("imputation_holdout.csv"), index=False)
+                drain(tl.iter_impute_knn(adata), progress)
+                layer = "imputed"
+        drain(tl.iter_nmf(adata, n_components, layer=layer, missing=nmf_missing, random_state=random_state,
+                          max_iter=max_iter, key_added=key), progress)
+        rec = adata.uns[key]
+        summary = {"n_obs": adata.n_obs, "n_genes": adata.n_vars, "n_components": n_components,
+                   "relative_error": rec["relative_error"], "n_iter": rec["n_iter"], "stop_reason": rec["stop_reason"],
+                   "random_state": random_state}
+        regions = None
+        if atlas is not None and atlas.ontology is not None:
+            regions = tl.region_correlation(adata, atlas.annotation, atlas.ontology, key=key, min_voxels=min_voxels)
+            regions.to_csv(folder.path("region_correlation.csv"), index=False)
+            genes = tl.region_correlation(adata, atlas.annotation, atlas.ontology, genes=list(adata.var_names),
+                                          min_voxels=min_voxels)
+            genes.to_csv(folder.path("gene_region_correlation.csv"), index=False)
+            summary["best_structure"] = _best(regions)
+            summary["best_structure_per_gene"] = _best(genes)
+        with_atlas = atlas is not None and atlas.ontology is not None
+        res = drain(tl.iter_osnmf_suite(adata, atlas.annotation if with_atlas else None,
+                                        atlas.ontology if with_atlas else None, key=key, layer=layer), progress)
+        tl.store_osnmf_suite(adata, res)
+        summary.update(write_osnmf_suite(res, folder))
+        pl.patterns(adata, key, annotation=atlas.annotation if atlas is not None else None,
+                    ontology=atlas.ontology if atlas is not None else None, region_table=regions,
+                    title=f"NMF principal patterns (K = {n_components})", save=folder.path("patterns.png"))
+        _write_result(folder, adata, key, f"{key}_coefficients")
+        summary = _summary(folder, summary)
     return adata, summary
 
 
-def _osnmf_suite(adata: ad.AnnData, out: Path, *, key: str, layer, atlas, random_state: int) -> dict:
-    """The osNMF read-outs of a volume result, written next to it (issue: analysis suite)."""
-    with_atlas = atlas is not None and atlas.ontology is not None
-    res = drain(tl.iter_osnmf_suite(adata, atlas.annotation if with_atlas else None,
-                                    atlas.ontology if with_atlas else None, key=key, layer=layer))
-    return write_osnmf_suite(res, out)
-
-
 def write_osnmf_suite(res: dict, out) -> dict:
-    """Write the results of :func:`napari_spatial_nmf.tl.iter_osnmf_suite` to ``out``.
+    """Write the read-outs of :func:`napari_spatial_nmf.tl.iter_osnmf_suite`.
 
     Files: ``marker_genes.csv``, ``reconstruction_accuracy.csv``, ``morans_i.csv``,
-    ``networks/<pattern>.graphml`` and ``networks/edges.csv``; with an atlas,
-    ``region_combinations.csv``, ``best_region_combinations.csv``, ``structure_scores.csv``
-    (pattern × structure) and ``structure_bubbles.png``; always ``osnmf_parameters.json``
-    (parameters, versions, time). Returns a JSON-ready summary.
+    ``networks/<pattern>.graphml`` (pattern names sanitised) and ``networks/edges.csv``;
+    with an atlas, ``region_combinations.csv``, ``best_region_combinations.csv``,
+    ``structure_scores.csv`` (pattern × structure) and ``structure_bubbles.png``; always
+    ``osnmf_parameters.json`` (parameters, versions, time).
+
+    Parameters
+    ----------
+    res : dict
+        The suite's result.
+    out : OutputFolder or str or Path
+        Where to write: an :class:`OutputFolder` of a run, or a folder (the dock's *Save
+        all*; created if needed, each file written under a temporary name and renamed).
+
+    Returns
+    -------
+    dict
+        A JSON-ready summary.
     """
     import networkx as nx
 
     from .core.atlas_stats import best_combinations
-    from .plotting import plot_structure_bubbles, structure_score_matrix
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(out, OutputFolder):
+        path = out.path
+    else:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = AtomicPaths(folder)
     summary: dict = {}
-    res["marker_genes"].to_csv(out / "marker_genes.csv", index=False)
+    res["marker_genes"].to_csv(path("marker_genes.csv"), index=False)
     rec = res["reconstruction_accuracy"]
-    rec.to_csv(out / "reconstruction_accuracy.csv")
+    rec.to_csv(path("reconstruction_accuracy.csv"))
     summary["reconstruction_r_median"] = {c: float(rec[c].median()) for c in rec.columns}
     mi = res["morans_i"]
-    mi.to_csv(out / "morans_i.csv", index=False)
+    mi.to_csv(path("morans_i.csv"), index=False)
     summary["morans_i_mean"] = {c: float(mi[c].mean()) for c in mi.columns if c != "pattern"}
     if res["networks"]:
-        net_dir = out / "networks"
-        net_dir.mkdir(exist_ok=True)
-        edges = []
         for name, G in res["networks"].items():
-            nx.write_graphml(G, net_dir / f"{name}.graphml")
-            edges += [(name, a, b, d["weight"]) for a, b, d in G.edges(data=True)]
-        pd.DataFrame(edges, columns=["pattern", "gene_a", "gene_b", "r"]).to_csv(net_dir / "edges.csv", index=False)
+            nx.write_graphml(G, path(f"networks/{safe_filename(name)}.graphml", f"networks/{name}"))
+        tl.network_edges(res["networks"]).to_csv(path("networks/edges.csv"), index=False)
     table = res["region_combinations"]
     if table is not None:
-        table.to_csv(out / "region_combinations.csv", index=False)
+        table.to_csv(path("region_combinations.csv"), index=False)
         best = best_combinations(table)
-        best.to_csv(out / "best_region_combinations.csv", index=False)
-        score = res["params"]["params"]["score"]
+        best.to_csv(path("best_region_combinations.csv"), index=False)
         order = res["structure_order"]
-        structure_score_matrix(table, max_columns=10**6, order=order).to_csv(out / "structure_scores.csv")
-        plot_structure_bubbles(table, out / "structure_bubbles.png", score=score,
-                               title="principal pattern × structure", order=order)
+        pl.structure_score_matrix(table, max_columns=10**6, order=order).to_csv(path("structure_scores.csv"))
+        pl.structure_bubbles(pl.structure_score_matrix(table, order=order), score=res["params"]["params"]["score"],
+                             title="principal pattern × structure", save=path("structure_bubbles.png"))
         summary["region_combinations"] = {
             "counts": {k: int(res["counts"][k]) for k in ("n_structures", "n_pairs", "n_triples")},
             "best": {r.pattern: {"structures": r.structures, "r": float(r.score)} for r in best.itertuples()}}
-    (out / "osnmf_parameters.json").write_text(json.dumps(res["params"], indent=2, default=str))
+    path("osnmf_parameters.json").write_text(json.dumps(res["params"], indent=2, default=str))
+    if not isinstance(out, OutputFolder):
+        path.commit()
     return summary
 
 
-def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 0,
-              max_iter: int = 200, key: str = "nmf") -> tuple[ad.AnnData, dict]:
+class AtomicPaths:
+    """For writing into an existing folder: each file goes to a temporary name first and is
+    renamed into place by :meth:`commit` (a crash never leaves a half-written file).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.pending: list[tuple[Path, Path]] = []
+
+    def __call__(self, name: str, what: str | None = None) -> Path:
+        """The temporary path to write ``name`` to."""
+        final = self.folder / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
+        self.pending.append((tmp, final))
+        return tmp
+
+    def commit(self) -> None:
+        """Move every written file into place."""
+        for tmp, final in self.pending:
+            os.replace(tmp, final)
+
+
+def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 0, max_iter: int = 200,
+              key: str = "nmf", overwrite: bool = False, progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
     """NMF of a cell point cloud; writes ``result.h5ad``, ``gene_coefficients.csv``,
-    ``cell_weights.csv``, ``patterns.png`` and ``summary.json`` to ``out``. The input
-    AnnData is not changed (the result is a copy)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    res = tl.nmf(adata, n_components, random_state=random_state, max_iter=max_iter, key_added=key, copy=True)
-    names = list(res.uns[key]["pattern_names"])
-    pd.DataFrame(np.asarray(res.obsm[f"X_{key}"]), index=res.obs_names, columns=names).to_csv(out / "cell_weights.csv")
-    plot_cell_patterns(res, out / "patterns.png", key=key, title=f"NMF cell weights (K={n_components})")
-    summary = {"n_obs": res.n_obs, "n_genes": res.n_vars, "n_components": n_components,
-               "relative_error": res.uns[key]["relative_error"], "n_iter": res.uns[key]["n_iter"],
-               "random_state": random_state}
-    summary["files"] = _write(res, out, key)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    ``cell_weights.csv``, ``patterns.png`` and ``summary.json`` to ``out`` (one complete
+    set, see :class:`OutputFolder`). The input AnnData is not changed.
+
+    Returns
+    -------
+    (AnnData, dict)
+        The result (a copy) and the summary.
+    """
+    tl.check_nmf_input(adata, n_components)
+    with OutputFolder(out, overwrite=overwrite) as folder:
+        res = drain(tl.iter_nmf(adata, n_components, random_state=random_state, max_iter=max_iter, key_added=key,
+                                copy=True), progress)
+        names = list(res.uns[key]["pattern_names"])
+        pd.DataFrame(np.asarray(res.obsm[f"X_{key}"]), index=res.obs_names, columns=names).to_csv(
+            folder.path("cell_weights.csv"))
+        pl.cell_patterns(res, key, title=f"NMF cell weights (K = {n_components})", save=folder.path("patterns.png"))
+        rec = res.uns[key]
+        summary = {"n_obs": res.n_obs, "n_genes": res.n_vars, "n_components": n_components,
+                   "relative_error": rec["relative_error"], "n_iter": rec["n_iter"], "stop_reason": rec["stop_reason"],
+                   "random_state": random_state}
+        _write_result(folder, res, key, f"{key}_coefficients")
+        summary = _summary(folder, summary)
     return res, summary
 
 
 def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=None, random_state: int = 0,
                   resample: str = "genes", matching: str = "hungarian", similarity: str = "cosine",
                   backend: str = "local", scheduler=None, batch_size: int = 25, layer: str | None = None,
-                  progress=None) -> tuple[ad.AnnData, dict]:
-    """staNMF sweep + final model at the chosen K; writes ``stability.csv``,
+                  missing: str = "raise", overwrite: bool = False,
+                  progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
+    """StaNMF sweep + final model at the chosen K; writes ``stability.csv``,
     ``instability.png``, ``result.h5ad``, ``gene_coefficients.csv`` and ``summary.json``.
 
-    ``store`` (default ``out/store``) keeps every finished fit: running the same command
-    again resumes where it stopped, with identical numbers.
-    """
-    from .plotting import plot_instability
+    ``store`` keeps every finished fit (give a folder outside ``out``, e.g. ``OUT.store``,
+    the command line's default): running the same command again resumes with identical
+    numbers, and a wider K range reuses the finished K.
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "store" if store is None else store
-    gen = tl.iter_stability(adata, k_range, n_replicates, layer=layer, resample=resample, matching=matching,
-                            similarity=similarity, random_state=random_state, batch_size=batch_size,
-                            store=store, backend=backend, scheduler=scheduler, copy=True)
-    res = drain(gen, progress)
-    rec = res.uns["stability"]
-    table = rec["table"]
-    table.to_csv(out / "stability.csv", index=False)
-    plot_instability(table, out / "instability.png", title=f"staNMF, N = {n_replicates} ({resample} resampled)")
-    summary = {"best_k": int(rec["best_k"]), "n_replicates": n_replicates, "k_range": list(map(int, table["k"])),
-               "instability": {int(k): float(v) for k, v in zip(table["k"], table["instability"])},
-               "relative_error_final": res.uns["nmf"]["relative_error"], "random_state": random_state,
-               "store": str(store)}
-    summary["files"] = _write(res, out, "nmf")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    Returns
+    -------
+    (AnnData, dict)
+        The result (a copy) and the summary.
+    """
+    gen = tl.iter_stability(adata, k_range, n_replicates, layer=layer, missing=missing, resample=resample,
+                            matching=matching, similarity=similarity, random_state=random_state,
+                            batch_size=batch_size, store=store, backend=backend, scheduler=scheduler, copy=True)
+    with OutputFolder(out, overwrite=overwrite) as folder:
+        res = drain(gen, progress)
+        rec = res.uns["stability"]
+        table = rec["table"]
+        table.to_csv(folder.path("stability.csv"), index=False)
+        pl.instability(table, title=f"staNMF, N = {n_replicates} ({resample} resampled)",
+                       save=folder.path("instability.png"))
+        summary = {"best_k": int(rec["best_k"]), "n_replicates": n_replicates, "k_range": list(map(int, table["k"])),
+                   "instability": {int(k): float(v) for k, v in zip(table["k"], table["instability"])},
+                   "edge_warning": rec.get("edge_warning"), "relative_error_final": res.uns["nmf"]["relative_error"],
+                   "random_state": random_state, "store": None if store is None else str(store)}
+        _write_result(folder, res, "nmf", "nmf_coefficients")
+        summary = _summary(folder, summary)
     return res, summary
 
 
-def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None = None, seed: int = 0,
-             **kwargs) -> tuple[ad.AnnData, dict]:
-    """Neighbourhood NMF of a cell AnnData (:func:`napari_spatial_nmf.tl.nnmf`, ``filter_cells=True``),
-    files in ``out``: ``result.h5ad``, ``top_genes.csv``, ``domains.csv`` and ``summary.json``
-    (with ARI / NMI against ``obs[label_key]`` when given)."""
+def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None = None, random_state: int = 0,
+             overwrite: bool = False, progress: ProgressCallback = None, **kwargs) -> tuple[ad.AnnData, dict]:
+    """Neighbourhood NMF of a cell AnnData (:func:`napari_spatial_nmf.tl.nnmf`, ``filter_cells=True``
+    by default); writes ``result.h5ad``, ``gene_signatures.csv``, ``top_genes.csv``,
+    ``domains.csv``, ``domains.png`` (with the expert labels beside them when
+    ``label_key`` is given), ``signatures.png`` and ``summary.json`` (with ARI / NMI against
+    ``obs[label_key]``).
+
+    Returns
+    -------
+    (AnnData, dict)
+        The result (a copy) and the summary.
+    """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if label_key is not None and label_key not in adata.obs:
+        raise KeyError(f"label_key {label_key!r} is not a column of obs ({list(adata.obs.columns)}).")
     kwargs.setdefault("filter_cells", True)
-    res = tl.nnmf(adata, n_components, seed=seed, copy=True, **kwargs)
-    rec = res.uns["nnmf"]
-    summary = {"n_cells": res.n_obs, "n_fitted_cells": rec["n_fitted_cells"], "n_components": n_components,
-               "lengthscale": rec["lengthscale"], "mean_neighbors": rec["mean_neighbors"], "gkl": rec["gkl"],
-               "n_iter": rec["n_iter"], "filtered": rec["filtered"], "seed": seed}
-    dom = res.obs["nnmf_domain"]
-    if label_key is not None:
-        ok = dom.notna().to_numpy()
-        lab = res.obs[label_key].astype(str).to_numpy()[ok]
-        summary["ari"] = float(adjusted_rand_score(lab, dom[ok]))
-        summary["nmi"] = float(normalized_mutual_info_score(lab, dom[ok]))
-    tl.nnmf_top_genes(res).to_csv(out / "top_genes.csv", index=False)
-    pd.DataFrame({"cell": res.obs_names, "domain": dom.astype(object)}).to_csv(out / "domains.csv", index=False)
-    res.write_h5ad(out / "result.h5ad")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    gen = tl.iter_nnmf(adata, n_components, random_state=random_state, copy=True, **kwargs)
+    with OutputFolder(out, overwrite=overwrite) as folder:
+        res = drain(gen, progress)
+        rec = res.uns["nnmf"]
+        summary = {"n_cells": res.n_obs, "n_fitted_cells": rec["n_fitted_cells"], "n_components": n_components,
+                   "lengthscale": rec["lengthscale"], "spatial_unit": tl.spatial_unit(res),
+                   "mean_neighbors": rec["mean_neighbors"], "gkl": rec["gkl"], "n_iter": rec["n_iter"],
+                   "stop_reason": rec["stop_reason"], "filtered": rec["filtered"], "random_state": random_state}
+        dom = res.obs["nnmf_domain"]
+        if label_key is not None:
+            ok = dom.notna().to_numpy()
+            lab = res.obs[label_key].astype(str).to_numpy()[ok]
+            summary["ari"] = float(adjusted_rand_score(lab, dom[ok]))
+            summary["nmi"] = float(normalized_mutual_info_score(lab, dom[ok]))
+        tl.nnmf_top_genes(res).to_csv(folder.path("top_genes.csv"), index=False)
+        pd.DataFrame({"cell": res.obs_names, "domain": dom.astype(object)}).to_csv(folder.path("domains.csv"),
+                                                                                   index=False)
+        fig = pl._figure((7.2 if label_key else 3.8, 3.6), False)
+        axes = fig.subplots(1, 2 if label_key else 1, squeeze=False).ravel()
+        pl.domains(res, "nnmf_domain", ax=axes[0], title="NNMF domains (argmax)")
+        if label_key:
+            pl.domains(res, label_key, ax=axes[1], title=f"expert labels ({label_key})")
+        fig.savefig(folder.path("domains.png"), dpi=pl.DPI, bbox_inches="tight")
+        pl.cell_patterns(res, "nnmf", title=f"NNMF signatures (K = {n_components}), share of each cell",
+                         save=folder.path("signatures.png"))
+        _write_result(folder, res, "nnmf", "nnmf_signatures")
+        summary = _summary(folder, summary)
     return res, summary

@@ -1,2 +1,3 @@
 """Dock widgets: thin Qt front-ends that collect parameters, run the core in a worker
-thread and turn results into new layers."""
+thread and turn results into new layers.
+"""

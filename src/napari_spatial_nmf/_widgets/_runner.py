@@ -1,10 +1,11 @@
-"""Run / Cancel buttons, a progress bar and a status line for one background job."""
+"""Run / Cancel buttons, one progress bar and a status line for one background job."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
 
 from napari.qt.threading import create_worker
+from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
@@ -14,10 +15,11 @@ from ..core._progress import Progress
 class JobRunner(QWidget):
     """Runs a core generator in a napari worker thread; Cancel quits at the next yield.
 
-    ``start(job, total, on_result)`` takes a generator that yields
-    :class:`~napari_spatial_nmf.core.Progress` and returns the result; ``on_result`` is
-    called on the main thread only when the job finished (never after Cancel or an error),
-    so a cancelled run leaves nothing behind.
+    One progress path: every :class:`~napari_spatial_nmf.core.Progress` the job yields sets
+    the bar to its ``step`` of ``total`` and the status line to its message, and the same
+    numbers drive napari's own ``progress`` (shown in napari's activity panel). The
+    result callback runs on the main thread only when the job finished (never after Cancel
+    or an error), so a cancelled run leaves nothing behind.
     """
 
     def __init__(self, run_text: str = "Run", parent=None):
@@ -31,6 +33,7 @@ class JobRunner(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.worker = None
+        self._pbar = None
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -47,25 +50,27 @@ class JobRunner(QWidget):
 
     def fail(self, exc: Exception) -> None:
         """Report an input error (raised before the job started) to the user."""
-        self.status.setText(f"Error: {exc}")
-        show_error(str(exc))
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        self.status.setText(f"Error: {msg}")
+        show_error(str(msg))
 
-    def start(self, job: Generator[Progress, None, object], total: int, on_result: Callable[[object], None],
+    def start(self, job: Generator[Progress, None, object], on_result: Callable[[object], None],
               description: str = "", on_data: Callable[[dict], None] | None = None) -> None:
+        """Run ``job``; ``on_result(value)`` and ``on_data(progress.data)`` run on the main thread."""
         def run():
             return (yield from job)
 
-        worker = create_worker(run, _progress={"total": total, "desc": description or "napari-spatial-nmf"})
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(0)
-        self.status.setText("running…")
+        worker = create_worker(run)
+        self.progress.setRange(0, 0)  # busy until the first Progress gives the total
+        self.status.setText(f"{description or 'job'}: starting…")
+        self._pbar = napari_progress(total=0, desc=description or "napari-spatial-nmf")
         worker.yielded.connect(self._on_progress)
         if on_data is not None:
             worker.yielded.connect(lambda p: on_data(p.data) if isinstance(p, Progress) and p.data else None)
         worker.returned.connect(on_result)
         worker.returned.connect(self._done)
-        worker.errored.connect(lambda e: self.status.setText(f"Error: {e}"))
-        worker.aborted.connect(lambda: self.status.setText("cancelled"))
+        worker.errored.connect(self._error)
+        worker.aborted.connect(lambda: self.status.setText("Cancelled: nothing was added or changed."))
         worker.finished.connect(self._finished)
         self.worker = worker
         self.run_button.setEnabled(False)
@@ -73,21 +78,38 @@ class JobRunner(QWidget):
         worker.start()
 
     def _on_progress(self, p) -> None:
-        if isinstance(p, Progress):
-            self.progress.setMaximum(max(p.total, 1))
-            self.progress.setValue(min(p.step, p.total))
-            self.status.setText(p.message)
+        if not isinstance(p, Progress):
+            return
+        total = max(p.total, 1)
+        self.progress.setRange(0, total)
+        self.progress.setValue(min(p.step, total))
+        self.status.setText(p.message)
+        pbar = self._pbar  # napari's bar may process events (and this job's end) while it updates
+        if pbar is not None:
+            pbar.total = total
+            pbar.update(min(p.step, total) - pbar.n)
+            pbar.set_description(p.message[:60])
+
+    def _error(self, exc) -> None:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        self.status.setText(f"Error: {msg}")
 
     def _done(self, _result=None) -> None:
-        self.progress.setValue(self.progress.maximum())  # converged runs stop before max_iter
-        self.status.setText(f"done ({self.status.text()})" if self.status.text() else "done")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)  # converged runs stop before max_iter
 
     def cancel(self) -> None:
+        """Ask the running job to stop at its next step."""
         if self.worker is not None:
-            self.status.setText("cancelling…")
+            self.status.setText("Cancelling…")
             self.worker.quit()
 
     def _finished(self) -> None:
         self.worker = None
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

@@ -1,5 +1,6 @@
 """Atlas analysis dock (osNMF suite): region combinations, bubble chart, marker genes,
-co-expression networks, Moran's I and reconstruction accuracy of a volume NMF result."""
+co-expression networks, Moran's I and reconstruction accuracy of a volume NMF result.
+"""
 
 from __future__ import annotations
 
@@ -7,158 +8,140 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from magicgui.widgets import ComboBox, Container, SpinBox
-from qtpy.QtWidgets import (
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QTabWidget,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
-from .. import tl
-from ..core import atlas_stats as _A
+from .. import pl, tl
 from ..core.grid import grid_of, to_volume
-from ..plotting import draw_network, draw_structure_bubbles, structure_score_matrix
+from ..results import REGISTRY, RESULT_ID
+from ._base import Dock
 from ._runner import JobRunner
-from ._tables import fill_table, read_only_table
+from ._tables import DataFrameTable
 from .region_correlation import highlight_mask
 
 if TYPE_CHECKING:
     import napari
 
-RESULT_KEY = "nmf_result"  # pattern layers' metadata: the result AnnData they came from
 LEVELS = {"annotation structures": None, "coarse: 12 major divisions": "coarse",
-          "medium: children of the 12 (osNMF)": "medium",
-          **{f"ontology depth {d}": d for d in range(3, 9)}}
+          "medium: children of the 12 (osNMF)": "medium", **{f"ontology depth {d}": d for d in range(3, 9)}}
 GENE_LAYER_KEY = "napari_spatial_nmf_gene"
+HEADER = ("The osNMF read-outs of a volume NMF result: which atlas structures (and contiguous pairs and triples) "
+          "each pattern matches, its marker genes, gene co-expression networks, and how coherent the patterns are.")
 
 
-def _canvas(figsize):
+def _canvas(figsize, min_height):
     from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, tight_layout=True)
-    return fig, FigureCanvasQTAgg(fig)
+    canvas = FigureCanvasQTAgg(fig)
+    canvas.setMinimumHeight(min_height)
+    return fig, canvas
 
 
-class AtlasAnalysisWidget(QWidget):
+def _note():
+    label = QLabel("")
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #a0a0a0;")
+    return label
+
+
+class AtlasAnalysisWidget(Dock):
     """The osNMF analysis suite for principal patterns over an atlas.
 
-    Choose an NMF result (its pattern layers, made by the Pattern discovery dock) and an
-    atlas Labels layer with an ontology; *Analyse* runs in a worker thread (progress,
-    Cancel) and fills four tabs:
-
-    * **Regions**: the best single structure, contiguous pair and contiguous triple per
-      pattern (exhaustive), the ranked list (select a row to outline the combination over
-      the atlas) and the pattern × structure bubble chart (the osNMF paper's Fig. 2);
-    * **Marker genes**: genes assigned to each pattern, ranked by importance; select a gene
-      to open its expression volume as a new layer;
-    * **Network**: the pattern's spatial gene co-expression network, drawn, with GraphML
-      and CSV export;
-    * **Coherence**: Moran's I and reconstruction accuracy beside PCA at the same K.
-
-    *Save all…* writes every table, the networks and the parameters to a folder (the same
-    files as ``napari-spatial-nmf run``). Layers and the result are never modified, except
-    for new keys on the result AnnData.
+    Choose an NMF result (made by the Pattern discovery dock, or a ``result.h5ad`` of
+    ``napari-spatial-nmf run`` opened in napari) and an atlas Labels layer with an ontology;
+    *Analyse* computes in a worker thread (progress, Cancel) and the read-outs are stored
+    on the result only when it finishes. Four tabs: **Regions** (best single structure,
+    contiguous pair and triple per pattern; select a row to outline it; the pattern ×
+    structure bubble chart), **Marker genes** (select a gene to open its volume),
+    **Network** (drawn, exported as GraphML or CSV), **Coherence** (Moran's I and
+    reconstruction accuracy beside PCA). *Save all…* writes the files of
+    ``napari-spatial-nmf run``.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, HEADER)
         self.results: dict | None = None
-        self._adata = None
+        self._result = None
         self._atlas = None
-        self._labels = None
         self.result = ComboBox(label="NMF result", choices=self._result_choices)
         self.atlas = ComboBox(label="atlas", choices=self._atlas_choices, nullable=True)
         self.level = ComboBox(label="structures", choices=list(LEVELS))
         self.score = ComboBox(label="score", choices=["pearson", "dice"])
-        self.n_genes = SpinBox(label="genes per network", min=2, max=500, value=20)
+        self.n_genes = SpinBox(label="genes per network", min=3, max=500, value=20)
         self.rule = ComboBox(label="network edges", choices=[("top 5% of r (paper)", "paper"),
                                                              ("all r > 0 (reference code)", "reference")])
         self.form = Container(widgets=[self.result, self.atlas, self.level, self.score, self.n_genes, self.rule])
         self.runner = JobRunner("Analyse")
         self.runner.run_button.clicked.connect(self.run)
+        self.tabs = QTabWidget()
+        self._build_regions()
+        self._build_markers()
+        self._build_network()
+        self._build_coherence()
+        self.save_button = QPushButton("Save all…")
+        self.save_button.clicked.connect(self._save_dialog)
+        for w in (self.form, self.runner, self.tabs, self.save_button):
+            self.add(w)
+        REGISTRY.connect(self.reset_choices)
+        self._set_enabled(False)
+        self.reset_choices()
+        atlases = [c for c in self.atlas.choices if c is not None]
+        if self.atlas.value is None and atlases:
+            self.atlas.value = atlases[0]
 
-        # Regions tab
+    # ---------------------------------------------------------------- tabs
+    def _tab(self, title: str, *widgets) -> QVBoxLayout:
+        page = QWidget()
+        lay = QVBoxLayout(page)
+        for w in widgets:
+            lay.addWidget(getattr(w, "native", w))
+        self.tabs.addTab(page, title)
+        return lay
+
+    def _build_regions(self) -> None:
+        self.regions_note = _note()
         self.pattern_filter = ComboBox(label="pattern", choices=self._pattern_choices)
-        self.pattern_filter.changed.connect(lambda _: self._show_regions())
-        self.region_cols = ["pattern", "size", "rank", "structures", "score", "n_voxels"]
-        self.region_table = read_only_table(self.region_cols)
-        self.region_table.itemSelectionChanged.connect(self._on_region_select)
-        self.bubble_fig, self.bubble_canvas = _canvas((4.2, 2.6))
-        self.bubble_canvas.setMinimumHeight(220)
-        regions = QWidget()
-        lay = QVBoxLayout(regions)
-        lay.addWidget(self.pattern_filter.native)
-        lay.addWidget(self.region_table)
-        lay.addWidget(self.bubble_canvas)
+        self.pattern_filter.changed.connect(self._show_regions)
+        self.region_table = DataFrameTable([("pattern", "pattern"), ("size", "size"), ("structures", "structures"),
+                                            ("score", "score"), ("n_voxels", "voxels")], stretch="structures",
+                                           sortable=False)
+        self.region_table.on_select(self.select_combination)
+        self.bubble_fig, self.bubble_canvas = _canvas((4.2, 2.6), 230)
+        self._tab("Regions", self.regions_note, self.pattern_filter, self.region_table, self.bubble_canvas)
 
-        # Marker genes tab
-        self.marker_cols = ["pattern", "rank", "gene", "importance", "coefficient"]
-        self.marker_table = read_only_table(self.marker_cols)
-        self.marker_table.itemSelectionChanged.connect(self._on_marker_select)
-        markers = QWidget()
-        QVBoxLayout(markers).addWidget(self.marker_table)
+    def _build_markers(self) -> None:
+        self.marker_table = DataFrameTable([("pattern", "pattern"), ("rank", "rank"), ("gene", "gene"),
+                                            ("importance", "importance")], stretch="gene", min_height=260)
+        self.marker_table.on_select(self._on_marker)
+        self._tab("Marker genes", _note_text("Select a gene to open its expression volume."), self.marker_table)
 
-        # Network tab
+    def _build_network(self) -> None:
+        self.network_note = _note()
         self.network_pattern = ComboBox(label="pattern", choices=self._network_choices)
-        self.network_pattern.changed.connect(lambda _: self._draw_network())
-        self.net_fig, self.net_canvas = _canvas((4.0, 3.2))
-        self.net_canvas.setMinimumHeight(260)
+        self.network_pattern.changed.connect(self._draw_network)
+        self.net_fig, self.net_canvas = _canvas((4.0, 3.4), 280)
         self.graphml_button = QPushButton("Export GraphML…")
         self.edges_button = QPushButton("Export CSV…")
-        self.graphml_button.clicked.connect(lambda: self._export_dialog("graphml"))
-        self.edges_button.clicked.connect(lambda: self._export_dialog("csv"))
-        network = QWidget()
-        lay = QVBoxLayout(network)
-        lay.addWidget(self.network_pattern.native)
-        lay.addWidget(self.net_canvas)
+        self.graphml_button.clicked.connect(self._export_graphml)
+        self.edges_button.clicked.connect(self._export_csv)
+        lay = self._tab("Network", self.network_note, self.network_pattern, self.net_canvas)
         row = QHBoxLayout()
         row.addWidget(self.graphml_button)
         row.addWidget(self.edges_button)
         lay.addLayout(row)
 
-        # Coherence tab
-        self.moran_table = read_only_table(["pattern"])
-        self.recon_fig, self.recon_canvas = _canvas((4.0, 2.2))
-        self.recon_canvas.setMinimumHeight(180)
-        coherence = QWidget()
-        lay = QVBoxLayout(coherence)
-        lay.addWidget(QLabel("Moran's I of each pattern's hard map (rook adjacency in the mask)"))
-        lay.addWidget(self.moran_table)
-        lay.addWidget(self.recon_canvas)
-
-        self.tabs = QTabWidget()
-        for w, title in ((regions, "Regions"), (markers, "Marker genes"), (network, "Network"),
-                         (coherence, "Coherence")):
-            self.tabs.addTab(w, title)
-        self.save_button = QPushButton("Save all…")
-        self.save_button.clicked.connect(self._save_dialog)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.runner)
-        layout.addWidget(self.tabs)
-        layout.addWidget(self.save_button)
-        self._set_enabled(False)
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(lambda _e: self.form.reset_choices())
+    def _build_coherence(self) -> None:
+        self.coherence_note = _note()
+        self.moran_table = DataFrameTable([("pattern", "pattern"), ("morans_i", "Moran's I (NMF)"),
+                                           ("pca_morans_i", "Moran's I (PCA)")], min_height=120)
+        self.recon_fig, self.recon_canvas = _canvas((4.0, 2.2), 180)
+        self._tab("Coherence", self.coherence_note, self.moran_table, self.recon_canvas)
 
     # ---------------------------------------------------------------- choices
     def _result_choices(self, _w=None):
-        seen, out = set(), []
-        for lyr in self.viewer.layers:
-            res = lyr.metadata.get(RESULT_KEY)
-            if res is not None and id(res) not in seen and GENE_LAYER_KEY not in lyr.metadata:
-                seen.add(id(res))
-                src = lyr.metadata.get("source") or "NMF"
-                out.append((f"{src} (K={res.obsm['X_' + lyr.metadata['key']].shape[1]})",
-                            (res, lyr.metadata["key"])))
-        return out
+        return [(r.label, r) for r in REGISTRY.for_layers(self.viewer.layers, kind="nmf") if "grid" in r.adata.uns]
 
     def _atlas_choices(self, _w=None):
         from napari.layers import Labels
@@ -168,7 +151,7 @@ class AtlasAnalysisWidget(QWidget):
 
     def _pattern_choices(self, _w=None):
         if self.results is None or self.results["region_combinations"] is None:
-            return [("(all)", None)]
+            return [("(best of each)", None)]
         names = list(dict.fromkeys(self.results["region_combinations"]["pattern"]))
         return [("(best of each)", None)] + [(n, n) for n in names]
 
@@ -176,90 +159,91 @@ class AtlasAnalysisWidget(QWidget):
         return list(self.results["networks"]) if self.results and self.results["networks"] else []
 
     def _set_enabled(self, on: bool) -> None:
-        for b in (self.save_button, self.graphml_button, self.edges_button):
-            b.setEnabled(on)
+        self.save_button.setEnabled(on)
+        has_net = bool(on and self.results and self.results["networks"])
+        for b in (self.graphml_button, self.edges_button):
+            b.setEnabled(has_net)
 
     # ---------------------------------------------------------------- run
-    def _prepare(self):
-        if self.result.value is None:
-            raise ValueError("Choose an NMF result: run the Pattern discovery dock on image layers first.")
-        adata, key = self.result.value
-        atlas = self.atlas.value
-        ann = onto = None
-        if atlas is not None:
-            ann, onto = np.asarray(atlas.data), atlas.metadata["ontology"]
-        layer = "imputed" if "imputed" in adata.layers else None
-        job = tl.iter_osnmf_suite(adata, ann, onto, key=key, layer=layer, level=LEVELS[self.level.value],
-                                  score=self.score.value, n_network_genes=int(self.n_genes.value),
-                                  network_rule=self.rule.value)
-        return adata, key, atlas, job
-
     def run(self) -> None:
-        """Start the analysis in a worker thread (the Analyse button)."""
+        """Start the analysis in a worker thread (the Analyse button); bad input is refused at once."""
         if self.runner.running:
             return
         try:
-            adata, key, atlas, job = self._prepare()
-            first = next(job)  # runs the input checks now, before the worker starts
+            result, atlas = self.result.value, self.atlas.value
+            if result is None:
+                raise ValueError("Choose an NMF result: run the Pattern discovery dock on gene images first, or "
+                                 "open a result.h5ad.")
+            ann = onto = None
+            if atlas is not None:
+                ann, onto = np.asarray(atlas.data), atlas.metadata["ontology"]
+            layer = "imputed" if "imputed" in result.adata.layers else None
+            job = tl.iter_osnmf_suite(result.adata, ann, onto, key=result.key, layer=layer,
+                                      level=LEVELS[self.level.value], score=self.score.value,
+                                      n_network_genes=int(self.n_genes.value), network_rule=self.rule.value)
         except (ValueError, KeyError, TypeError) as exc:
             self.runner.fail(exc)
             return
 
-        def resumed():
-            yield first
-            return (yield from job)
+        def done(res):
+            tl.store_osnmf_suite(result.adata, res)  # on the main thread, only once finished
+            REGISTRY.update(result.id, "osnmf_suite", res)
+            self._show(res, result, atlas)
 
-        self.runner.start(resumed(), first.total, lambda res: self._show(res, adata, key, atlas),
-                          description="osNMF analysis")
+        self.runner.start(job, done, description="osNMF analysis")
 
     # ---------------------------------------------------------------- results
-    def _show(self, res: dict, adata, key: str, atlas) -> None:
-        self.results, self._adata, self._key, self._atlas = res, adata, key, atlas
-        self._labels = res["labels"]
+    def _show(self, res: dict, result, atlas) -> None:
+        self.results, self._result, self._atlas = res, result, atlas
         self.pattern_filter.reset_choices()
         self.network_pattern.reset_choices()
         self._show_regions()
         self._draw_bubbles()
-        fill_table(self.marker_table, res["marker_genes"], self.marker_cols)
+        self.marker_table.set_frame(res["marker_genes"])
         self._draw_network()
         self._show_coherence()
         self._set_enabled(True)
+        parts = [f"{len(res['marker_genes']['gene'].unique())} marker genes"]
         if res["region_combinations"] is not None:
-            best = _A.best_combinations(res["region_combinations"])
             c = res["counts"]
-            self.runner.status.setText(
-                f"{c['n_structures']} structures, {c['n_pairs']} contiguous pairs, {c['n_triples']} triples; "
-                + "; ".join(f"{r.pattern}: {r.structures} ({r.score:.2f})" for r in best.itertuples()))
+            parts.insert(0, f"{c['n_structures']} structures, {c['n_pairs']:,} contiguous pairs, "
+                            f"{c['n_triples']:,} triples")
+        self.runner.status.setText("Analysis finished: " + "; ".join(parts) + ".")
 
-    def _show_regions(self) -> None:
-        if self.results is None or self.results["region_combinations"] is None:
-            self.region_table.setRowCount(0)
+    def _show_regions(self, _value=None) -> None:
+        table = None if self.results is None else self.results["region_combinations"]
+        if table is None:
+            self.region_table.set_frame(self.region_table.frame.iloc[0:0])
+            self.regions_note.setText("Choose an atlas layer and analyse again to see the structures each pattern "
+                                      "matches." if self.results is not None else "")
             return
-        table = self.results["region_combinations"]
+        self.regions_note.setText("Each pattern's best single structure, contiguous pair and triple (Pearson r with "
+                                  "the union). Select a row to outline it over the atlas.")
         p = self.pattern_filter.value
-        if p is None:  # each pattern's best single, pair and triple, pattern by pattern
-            df = pd.concat([g for _, g in table[table["rank"] == 1].groupby("pattern", sort=False)])
-        else:
-            df = table[table["pattern"] == p]
-        self._region_rows = df = df.reset_index(drop=True)
-        fill_table(self.region_table, df, self.region_cols)
+        df = table[table["rank"] == 1] if p is None else table[table["pattern"] == p]
+        self.region_table.set_frame(df.reset_index(drop=True))
 
     def _draw_bubbles(self) -> None:
         self.bubble_fig.clear()
+        self.bubble_matrix = None
         if self.results is not None and self.results["region_combinations"] is not None:
-            M = structure_score_matrix(self.results["region_combinations"], order=self.results["structure_order"])
-            draw_structure_bubbles(self.bubble_fig.add_subplot(111), M, score=self.results["params"]["params"]["score"])
+            M = pl.structure_score_matrix(self.results["region_combinations"], order=self.results["structure_order"])
+            pl.structure_bubbles(M, score=self.results["params"]["params"]["score"],
+                                 ax=self.bubble_fig.add_subplot(111))
             self.bubble_matrix = M
         self.bubble_canvas.draw_idle()
 
-    def _draw_network(self) -> None:
+    def _draw_network(self, _value=None) -> None:
         self.net_fig.clear()
         G = self.network
+        if self.results is not None and not self.results["networks"]:
+            self.network_note.setText(f"A co-expression network needs at least 3 genes; this result has "
+                                      f"{self._result.adata.n_vars}.")
+        else:
+            self.network_note.setText("")
         if G is not None:
-            ax = self.net_fig.add_subplot(111)
-            draw_network(ax, G)
-            ax.set_title(f"{self.network_pattern.value}: {G.number_of_nodes()} genes, {G.number_of_edges()} edges",
-                         fontsize=8)
+            pl.network(G, ax=self.net_fig.add_subplot(111),
+                       title=f"{self.network_pattern.value}: {G.number_of_nodes()} genes, {G.number_of_edges()} edges")
         self.net_canvas.draw_idle()
 
     @property
@@ -271,47 +255,44 @@ class AtlasAnalysisWidget(QWidget):
 
     def _show_coherence(self) -> None:
         mi = self.results["morans_i"]
-        cols = list(mi.columns)
-        self.moran_table.setColumnCount(len(cols))
-        self.moran_table.setHorizontalHeaderLabels(cols)
-        fill_table(self.moran_table, mi, cols)
+        self.moran_table.set_frame(mi)
+        note = "Moran's I of each pattern's hard map (each voxel to its largest pattern; rook adjacency)."
+        if len(mi) == 2:
+            note += " With K = 2 the two maps are complements, so their Moran's I are equal."
+        self.coherence_note.setText(note)
         rec = self.results["reconstruction_accuracy"]
         self.recon_fig.clear()
         ax = self.recon_fig.add_subplot(111)
         bins = np.linspace(min(-0.2, float(np.nanmin(rec.to_numpy()))), 1.0, 30)
         for c in rec.columns:
             v = rec[c].dropna().to_numpy()
-            ax.hist(v, bins=bins, alpha=0.6, label=f"{c.split('_')[0].upper()} (median {np.median(v):.2f})")
+            method = "PCA" if c.startswith("pca") else "NMF"
+            ax.hist(v, bins=bins, alpha=0.6, label=f"{method} (median {np.median(v):.2f})")
         ax.set_xlabel("Pearson r, data vs reconstruction (per gene)", fontsize=8)
         ax.set_ylabel("genes", fontsize=8)
         ax.legend(fontsize=7)
         self.recon_canvas.draw_idle()
 
     # ---------------------------------------------------------------- selection
-    def select_combination(self, row: int) -> None:
-        """Outline the union of the row's structures over the atlas and move the view there."""
-        if self._atlas is None or self._labels is None:
+    def select_combination(self, row) -> None:
+        """Outline the union of a table row's structures over the atlas and move the view there."""
+        if self._atlas is None or self.results is None or self.results["labels"] is None:
             return
-        rec = self._region_rows.iloc[row]
-        ids = [int(i) for i in str(rec["ids"]).split(",")]
-        highlight_mask(self.viewer, self._atlas, np.isin(self._labels, ids), rec["structures"],
+        ids = [int(i) for i in str(row["ids"]).split(",")]
+        highlight_mask(self.viewer, self._atlas, np.isin(self.results["labels"], ids), row["structures"],
                        structure_ids=ids)
 
-    def _on_region_select(self) -> None:
-        rows = {i.row() for i in self.region_table.selectedItems()}
-        if rows:
-            self.select_combination(min(rows))
+    def _on_marker(self, row) -> None:
+        self.open_gene(str(row["gene"]))
 
     def open_gene(self, gene: str):
-        """Add the gene's expression volume (NaN = missing) as a new Image layer, or select
-        the one already open."""
+        """Add the gene's expression volume (NaN = missing) as a new Image layer, or select it if open."""
+        adata = self._result.adata
         for lyr in self.viewer.layers:
-            if lyr.metadata.get(GENE_LAYER_KEY) == gene and lyr.metadata.get(RESULT_KEY) is self._adata:
+            if lyr.metadata.get(GENE_LAYER_KEY) == gene and lyr.metadata.get(RESULT_ID) == self._result.id:
                 self.viewer.layers.selection.active = lyr
                 return lyr
-        adata = self._adata
-        j = list(adata.var_names).index(gene)
-        col = adata.X[:, j]
+        col = adata.X[:, list(adata.var_names).index(gene)]
         col = np.asarray(col.toarray() if hasattr(col, "toarray") else col, dtype=np.float32).ravel()
         vol = to_volume(adata, col)
         grid = grid_of(adata)
@@ -319,13 +300,7 @@ class AtlasAnalysisWidget(QWidget):
         hi = float(np.percentile(finite, 99.5)) if finite.size else 1.0
         return self.viewer.add_image(vol, name=f"{gene} expression", scale=grid.voxel_size, translate=grid.origin,
                                      colormap="magma", blending="additive", contrast_limits=(0.0, hi or 1.0),
-                                     metadata={GENE_LAYER_KEY: gene, RESULT_KEY: adata, "key": self._key,
-                                               "source": "gene"})
-
-    def _on_marker_select(self) -> None:
-        rows = {i.row() for i in self.marker_table.selectedItems()}
-        if rows:
-            self.open_gene(self.marker_table.item(min(rows), self.marker_cols.index("gene")).text())
+                                     metadata={GENE_LAYER_KEY: gene, RESULT_ID: self._result.id, "gene": gene})
 
     # ---------------------------------------------------------------- export
     def export_network(self, path, fmt: str = "graphml") -> Path:
@@ -339,8 +314,7 @@ class AtlasAnalysisWidget(QWidget):
         if fmt == "graphml":
             nx.write_graphml(G, path)
         else:
-            pd.DataFrame([(a, b, d["weight"]) for a, b, d in G.edges(data=True)],
-                         columns=["gene_a", "gene_b", "r"]).to_csv(path, index=False)
+            tl.network_edges({"": G}).drop(columns="pattern").to_csv(path, index=False)
         return path
 
     def save_all(self, folder) -> Path:
@@ -352,8 +326,16 @@ class AtlasAnalysisWidget(QWidget):
         write_osnmf_suite(self.results, folder)
         return Path(folder)
 
+    def _export_graphml(self) -> None:
+        self._export_dialog("graphml")
+
+    def _export_csv(self) -> None:
+        self._export_dialog("csv")
+
     def _export_dialog(self, fmt: str) -> None:
-        name = f"{self.network_pattern.value}_network.{'graphml' if fmt == 'graphml' else 'csv'}"
+        from ..pipeline import safe_filename
+
+        name = f"{safe_filename(self.network_pattern.value)}_network.{'graphml' if fmt == 'graphml' else 'csv'}"
         path, _ = QFileDialog.getSaveFileName(self, "Export network", name,
                                               "GraphML (*.graphml)" if fmt == "graphml" else "CSV (*.csv)")
         if path:
@@ -363,3 +345,9 @@ class AtlasAnalysisWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Save the osNMF analysis to a folder")
         if folder:
             self.save_all(folder)
+
+
+def _note_text(text: str) -> QLabel:
+    label = _note()
+    label.setText(text)
+    return label

@@ -8,34 +8,35 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from magicgui.widgets import ComboBox, Container, SpinBox
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton
 
 from ..core.regions import region_correlation
+from ._base import Dock, is_deleted
 from ._runner import JobRunner
-from ._tables import fill_table, read_only_table
+from ._tables import DataFrameTable
 
 if TYPE_CHECKING:
     import napari
 
-COLUMNS = [("rank", "rank"), ("acronym", "acronym"), ("name", "name"), ("depth", "level"),
-           ("r", "Pearson r"), ("n_voxels", "voxels")]
-HIGHLIGHT_KEY = "napari_spatial_nmf_highlight"
+COLUMNS = [("rank", "rank"), ("acronym", "acronym"), ("name", "name"), ("r", "Pearson r"),
+           ("n_voxels", "voxels"), ("depth", "level")]
+HIGHLIGHT_KEY = "highlight"
+HEADER = ("Rank atlas structures by their Pearson correlation with a pattern or gene (each structure with its "
+          "sub-structures). Select a row to outline the structure and move the view to it.")
 
 
-class RegionCorrelationWidget(QWidget):
+class RegionCorrelationWidget(Dock):
     """Rank atlas structures by their Pearson correlation with a pattern or gene volume.
 
     Each structure is the union of itself and its descendants in the ontology, restricted
     to the brain (annotation > 0); missing voxels (NaN, or the layer's
-    ``metadata["missing_value"]``) are excluded. Selecting a row highlights the structure
-    in a separate Labels layer over the atlas and moves the view to it; the table exports
-    to CSV. The source and atlas layers are never modified.
+    ``metadata["missing_value"]``) are excluded. Selecting a row outlines the structure in
+    a separate Labels layer over the atlas and moves the view to it; the table exports to
+    CSV. The source and atlas layers are never modified.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer
+        super().__init__(napari_viewer, HEADER)
         self.result: pd.DataFrame | None = None
         self._atlas = None
         self.source = ComboBox(label="pattern / gene", choices=self._image_choices)
@@ -43,13 +44,13 @@ class RegionCorrelationWidget(QWidget):
         self.atlas = ComboBox(label="atlas", choices=self._atlas_choices)
         self.min_voxels = SpinBox(label="min voxels", min=1, max=10_000_000, value=50)
         self.form = Container(widgets=[self.source, self.plane, self.atlas, self.min_voxels])
-        self.source.changed.connect(lambda _: self.plane.reset_choices())
+        self.source.changed.connect(self._on_source)
         self.runner = JobRunner("Correlate")
         self.runner.cancel_button.hide()
         self.runner.progress.hide()
         self.runner.run_button.clicked.connect(self.run)
-        self.table = read_only_table([c[1] for c in COLUMNS], sortable=True, min_height=220)
-        self.table.itemSelectionChanged.connect(self._on_select)
+        self.table = DataFrameTable(COLUMNS, stretch="name", min_height=240)
+        self.table.on_select(self._on_row)
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_dialog)
@@ -58,19 +59,19 @@ class RegionCorrelationWidget(QWidget):
         row.addWidget(self.summary)
         row.addStretch()
         row.addWidget(self.export_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.runner)
-        layout.addWidget(self.table)
-        layout.addLayout(row)
-        self.viewer.layers.events.inserted.connect(lambda _e: self.form.reset_choices())
-        self.viewer.layers.events.removed.connect(self._on_removed)
+        for w in (self.form, self.runner, self.table):
+            self.add(w)
+        self.layout_.addLayout(row)
 
-    def _on_removed(self, _event=None) -> None:
-        self.form.reset_choices()
-        if self._atlas is not None and self._atlas not in self.viewer.layers:
-            self._atlas, self.result = None, None  # the table described a layer that is gone
-            self.table.setRowCount(0)
+    def _on_source(self, _value=None) -> None:
+        self.plane.reset_choices()
+
+    def reset_choices(self, _event=None) -> None:
+        """Refresh the choices; forget a table whose atlas layer is gone."""
+        super().reset_choices()
+        if not is_deleted(self) and self._atlas is not None and self._atlas not in self.viewer.layers:
+            self._atlas, self.result = None, None
+            self.table.set_frame(pd.DataFrame(columns=[c for c, _ in COLUMNS]))
             self.summary.setText("")
             self.runner.status.setText("")
             self.export_button.setEnabled(False)
@@ -90,7 +91,7 @@ class RegionCorrelationWidget(QWidget):
     def _plane_choices(self, _w=None):
         layer = self.source.value if hasattr(self, "source") else None
         genes = layer.metadata.get("genes") if layer is not None else None
-        if layer is None or genes is None or len(genes) != layer.data.shape[0]:
+        if layer is None or genes is None or len(genes) < 2 or len(genes) != layer.data.shape[0]:
             return [("(whole layer)", None)]
         return [(str(g), i) for i, g in enumerate(genes)]
 
@@ -111,7 +112,7 @@ class RegionCorrelationWidget(QWidget):
         try:
             atlas = self.atlas.value
             if atlas is None:
-                raise ValueError("Choose an atlas Labels layer with an ontology (e.g. the Allen sample).")
+                raise ValueError("Choose an atlas Labels layer with an ontology (e.g. the Allen sample's).")
             vol, name, missing = self._volume()
             annotation = np.asarray(atlas.data)
             if vol.shape != annotation.shape:
@@ -122,32 +123,25 @@ class RegionCorrelationWidget(QWidget):
         except (ValueError, KeyError, TypeError) as exc:
             self.runner.fail(exc)
             return
-        self._atlas = atlas
-        self.result = df
-        self._fill(df)
+        self._atlas, self.result = atlas, df
+        self.table.set_frame(df, sort_by="rank")
         best = df.iloc[0]
         self.runner.status.setText(f"{name}: best {best['acronym']} ({best['name']}), r = {best['r']:.3f}")
         self.summary.setText(f"{len(df)} structures with ≥ {int(self.min_voxels.value)} voxels")
         self.export_button.setEnabled(True)
 
-    def _fill(self, df: pd.DataFrame) -> None:
-        fill_table(self.table, df, [c[0] for c in COLUMNS], user_data="id")
-        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)  # rank 1 (best r) on top
-
     # ---------------------------------------------------------------- selection
+    def _on_row(self, row) -> None:
+        self.select_structure(int(row["id"]))
+
     def select_structure(self, structure_id: int) -> None:
-        """Highlight a structure (and its descendants) over the atlas and centre the view on it."""
+        """Outline a structure (and its descendants) over the atlas and centre the view on it."""
         atlas = self._atlas
         if atlas is None:
             return
         onto = atlas.metadata["ontology"]
         mask = np.isin(np.asarray(atlas.data), onto.descendants(structure_id))
         highlight_mask(self.viewer, atlas, mask, onto[structure_id]["acronym"], structure_id=int(structure_id))
-
-    def _on_select(self) -> None:
-        items = self.table.selectedItems()
-        if items:
-            self.select_structure(int(items[0].data(Qt.ItemDataRole.UserRole)))
 
     # ---------------------------------------------------------------- export
     def export_csv(self, path) -> Path:
@@ -167,17 +161,18 @@ class RegionCorrelationWidget(QWidget):
 
 def highlight_mask(viewer, atlas, mask: np.ndarray, name: str, **metadata) -> None:
     """Show ``mask`` (atlas grid) as the one outlined highlight Labels layer over ``atlas``
-    (created once, then reused) and move the non-displayed axes to the mask's centre."""
+    (created once, then reused) and move the non-displayed axes to the mask's centre.
+    """
     layer = next((lyr for lyr in viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY)), None)
     data = mask.astype(np.uint8)
     if layer is None:
         from napari.utils.colormaps import DirectLabelColormap
 
         layer = viewer.add_labels(
-            data, name=f"highlight: {name}", scale=atlas.scale, translate=atlas.translate,
-            opacity=1.0, colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: (1.0, 0.9, 0.0, 1.0)}),
+            data, name=f"highlight: {name}", scale=atlas.scale, translate=atlas.translate, opacity=1.0,
+            colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: (1.0, 0.85, 0.0, 1.0)}),
             metadata={HIGHLIGHT_KEY: True, **metadata})
-        layer.contour = 1  # an outline, so the pattern underneath stays visible
+        layer.contour = 2  # an outline, so the pattern underneath stays visible
     else:
         layer.data = data
         layer.name = f"highlight: {name}"

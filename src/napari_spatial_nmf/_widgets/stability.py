@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-import anndata as ad
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, Select, SpinBox
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from .. import tl
+from .. import pl, tl
 from ..core.stability import check_stability_input
-from ._runner import JobRunner
-from .pattern_discovery import (
+from ._base import Dock
+from ._inputs import (
     MISSING_CHOICES,
     add_result_layers,
     build_input,
     input_layer_choices,
     mask_layer_choices,
+    n_genes_of,
+    n_obs_of,
 )
+from ._runner import JobRunner
 
 if TYPE_CHECKING:
     import napari
+
+HEADER = ("Choose K by stability (staNMF): NMF is fitted to N bootstrap replicates at each K, and the instability "
+          "is how much their patterns differ. A low instability means reproducible patterns.")
+# A rough cost per observation x gene x K x replicate x pass: the BDGP sweep (405 x 1,640, K = 15..30, N = 100,
+# ~150 passes) took 530 s on the 2-core benchmark machine (docs/benchmarks.md).
+SECONDS_PER_UNIT = 1.5e-10
+PASSES = 150
 
 
 class InstabilityPlot(QWidget):
@@ -34,7 +44,6 @@ class InstabilityPlot(QWidget):
 
         self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.ax = self.figure.add_subplot(111)
         self.points: dict[int, tuple[float, float]] = {}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -42,8 +51,8 @@ class InstabilityPlot(QWidget):
         self.setMinimumHeight(200)
         self.draw()
 
-    def clear(self) -> None:
-        self.points = {}
+    def set_points(self, points: dict) -> None:
+        self.points = dict(points)
         self.draw()
 
     def add(self, k: int, value: float, sd: float) -> None:
@@ -51,36 +60,35 @@ class InstabilityPlot(QWidget):
         self.draw()
 
     def draw(self) -> None:
-        ax = self.ax
-        ax.clear()
-        ax.set_xlabel("K (number of principal patterns)")
-        ax.set_ylabel("instability")
+        import pandas as pd
+
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
         if self.points:
             ks = sorted(self.points)
-            v = np.array([self.points[k][0] for k in ks])
-            e = np.array([self.points[k][1] for k in ks])
-            ax.errorbar(ks, v, yerr=e, marker="o", ms=4, capsize=2, lw=1)
-            best = ks[int(np.argmin(v))]
-            ax.axvline(best, color="tab:red", ls=":", lw=1)
-            ax.set_title(f"lowest at K = {best}", fontsize=9)
+            table = pd.DataFrame({"k": ks, "instability": [self.points[k][0] for k in ks],
+                                  "sd": [self.points[k][1] for k in ks]})
+            pl.instability(table, ax=ax)
+        else:
+            ax.set_xlabel("K (number of principal patterns)")
+            ax.set_ylabel("instability")
         self.canvas.draw_idle()
 
 
-class StabilityWidget(QWidget):
+class StabilityWidget(Dock):
     """staNMF: fit NMF to bootstrap replicates for a range of K and plot the instability.
 
     The instability score of a K is the mean dissimilarity of the replicates' dictionaries
-    over all pairs (Hungarian or Amari matching). Pick the K (the lowest is preselected) and
-    fit the final patterns, which become layers exactly as in the pattern-discovery dock.
+    over all pairs (Hungarian or Amari matching). The lowest is preselected (with a warning
+    when it sits at an end of the range); *Fit patterns at K* adds the patterns as layers,
+    exactly as the Pattern discovery dock does. A cancelled sweep keeps the previous one.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__()
-        self.viewer = napari_viewer
-        self.result: ad.AnnData | None = None
+        super().__init__(napari_viewer, HEADER)
+        self.result = None  # the AnnData of the last finished sweep
         self._input = None
-        self.inputs = Select(label="input", choices=lambda _w: input_layer_choices(self.viewer),
-                             allow_multiple=True)
+        self.inputs = Select(label="input", choices=lambda _w: input_layer_choices(self.viewer), allow_multiple=True)
         self.inputs.native.setMaximumHeight(90)
         self.mask = ComboBox(label="mask", choices=lambda _w: mask_layer_choices(self.viewer), nullable=True)
         self.missing = ComboBox(label="missing values", choices=list(MISSING_CHOICES))
@@ -90,16 +98,23 @@ class StabilityWidget(QWidget):
         self.resample = ComboBox(label="resample", choices=["genes", "obs", "none"])
         self.matching = ComboBox(label="matching", choices=["hungarian", "amari"])
         self.similarity = ComboBox(label="similarity", choices=["cosine", "pearson"])
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.seed = SpinBox(label="random state", min=0, max=2**31 - 1, value=0)
         self.backend = ComboBox(label="backend", choices=["local", "dask"])
         self.scheduler = LineEdit(label="dask scheduler", value="")
         self.store = FileEdit(label="results store", mode="d", value="")
         self.form = Container(widgets=[self.inputs, self.mask, self.missing, self.k_min, self.k_max,
                                        self.n_replicates, self.resample, self.matching, self.similarity,
                                        self.seed, self.backend, self.scheduler, self.store])
+        for w in (self.inputs, self.k_min, self.k_max, self.n_replicates):
+            w.changed.connect(self._estimate)
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
         self.runner = JobRunner("Run stability sweep")
         self.runner.run_button.clicked.connect(self.run)
         self.plot = InstabilityPlot()
+        self.edge = QLabel("")
+        self.edge.setWordWrap(True)
+        self.edge.setStyleSheet("color: #e0a040;")
         self.chosen_k = SpinBox(label="K", min=2, max=500, value=5)
         self.fit_button = QPushButton("Fit patterns at K")
         self.fit_button.setEnabled(False)
@@ -108,14 +123,30 @@ class StabilityWidget(QWidget):
         row.addWidget(QLabel("chosen"))
         row.addWidget(self.chosen_k.native)
         row.addWidget(self.fit_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.runner)
-        layout.addWidget(self.plot)
-        layout.addLayout(row)
-        layout.addStretch()
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(lambda _e: self.form.reset_choices())
+        for w in (self.form, self.estimate, self.runner, self.plot, self.edge):
+            self.add(w)
+        self.layout_.addLayout(row)
+        self.layout_.addStretch()
+        self.reset_choices()
+        if not self.inputs.value and self.inputs.choices:
+            self.inputs.value = list(self.inputs.choices)[:1]
+        self._estimate()
+
+    def _ks(self) -> list[int]:
+        return list(range(int(self.k_min.value), int(self.k_max.value) + 1))
+
+    def _estimate(self, _value=None) -> None:
+        """Fits and a rough time for the sweep, before it starts."""
+        layers = list(self.inputs.value)
+        n_genes = n_genes_of(layers)
+        if not layers or not n_genes:
+            self.estimate.setText("")
+            return
+        self.k_max.max = max(2, n_genes)
+        ks, n = self._ks(), int(self.n_replicates.value)
+        seconds = SECONDS_PER_UNIT * n_obs_of(layers) * n_genes * sum(ks) * n * PASSES
+        self.estimate.setText(f"{len(ks) * n} fits ({len(ks)} K x {n} replicates); roughly "
+                              f"{_duration(seconds)} on a 2-core machine.")
 
     def _sweep_kwargs(self) -> dict:
         store = str(self.store.value) if str(self.store.value) not in ("", ".") else None
@@ -124,63 +155,69 @@ class StabilityWidget(QWidget):
                 "backend": self.backend.value, "scheduler": self.scheduler.value or None, "store": store}
 
     def run(self) -> None:
-        """Start the sweep in a worker thread (the Run button)."""
+        """Start the sweep in a worker thread (the Run button); bad input is refused at once."""
         if self.runner.running:
             return
-        ks = list(range(int(self.k_min.value), int(self.k_max.value) + 1))
-        n = int(self.n_replicates.value)
-        kwargs = self._sweep_kwargs()
+        ks, n, kwargs = self._ks(), int(self.n_replicates.value), self._sweep_kwargs()
+        missing = MISSING_CHOICES[self.missing.value]
         try:
             if not ks:
                 raise ValueError("'K from' must not exceed 'K to'.")
-            adata, source, is_points, prepare = build_input(
-                list(self.inputs.value), self.mask.value, MISSING_CHOICES[self.missing.value], max(ks))
+            adata, source, is_points, prepare = build_input(list(self.inputs.value), self.mask.value, missing,
+                                                            max(ks))
             X = np.asarray(adata.X, dtype=np.float32)
-            will_impute = MISSING_CHOICES[self.missing.value] == "impute" and bool(np.isnan(X).any())
             check_stability_input(np.nan_to_num(X), ks, n, kwargs["resample"], kwargs["matching"],
-                                  kwargs["similarity"], check_values=not will_impute)
+                                  kwargs["similarity"], check_values=not (missing == "impute" and np.isnan(X).any()))
         except (ValueError, KeyError, TypeError) as exc:
             self.runner.fail(exc)
             return
 
         def job():
-            layer, missing = yield from prepare()
-            if missing == "zero":
-                adata.layers["missing_as_zero"] = np.nan_to_num(np.asarray(adata.X, dtype=np.float32))
-                layer = "missing_as_zero"
-            return (yield from tl.iter_stability(adata, ks, n, layer=layer, fit_final=False, **kwargs))
+            layer, miss = yield from prepare()
+            return (yield from tl.iter_stability(adata, ks, n, layer=layer, missing=miss, fit_final=False,
+                                                 copy=True, **kwargs))
 
-        self._input = (adata, source, is_points)
-        self.plot.clear()
-        self.fit_button.setEnabled(False)
-        self.runner.start(job(), len(ks) * n, self._done, description="staNMF", on_data=self._on_k)
+        previous = dict(self.plot.points)
+        self.plot.set_points({})
+        started = time.perf_counter()
 
-    def _on_k(self, data: dict) -> None:
-        self.plot.add(data["k"], data["instability"], data["sd"])
+        def done(res):
+            self.result, self._input = res, (source, is_points, list(self.inputs.value))
+            rec = res.uns["stability"]
+            self.chosen_k.value = int(rec["best_k"])
+            self.fit_button.setEnabled(True)
+            self.edge.setText(rec.get("edge_warning") or "")
+            self.runner.status.setText(f"Lowest instability at K = {rec['best_k']} "
+                                       f"({_duration(time.perf_counter() - started)}).")
 
-    def _done(self, adata: ad.AnnData) -> None:
-        self.result = adata
-        best = int(adata.uns["stability"]["best_k"])
-        self.chosen_k.value = best
-        self.fit_button.setEnabled(True)
-        self.runner.status.setText(f"lowest instability at K = {best}")
+        self.runner.start(job(), done, description="staNMF", on_data=lambda d: self.plot.add(d["k"], d["instability"],
+                                                                                              d["sd"]))
+        self.runner.worker.aborted.connect(lambda: self.plot.set_points(previous))
 
     def fit_final(self) -> None:
         """Fit NMF on the full data at the chosen K; add the patterns as layers."""
         if self.result is None or self.runner.running:
             return
-        adata, source, is_points = self._input
+        source, is_points, inputs = self._input
         k = int(self.chosen_k.value)
-        layer = adata.uns["stability"]["params"].get("layer")
-        layer = None if layer in (None, "None") else layer
+        layer = self.result.uns["stability"]["params"].get("layer")
         try:
-            job = tl.iter_nmf(adata, k, layer=layer, random_state=int(self.seed.value))
+            job = tl.iter_nmf(self.result, k, layer=layer, random_state=int(self.seed.value), copy=True)
         except (ValueError, KeyError, TypeError) as exc:
             self.runner.fail(exc)
             return
 
         def done(res):
             res.uns["nmf"]["selected_by"] = "stability"
-            add_result_layers(self.viewer, res, source, is_points)
+            add_result_layers(self.viewer, res, source, is_points, inputs)
+            self.runner.status.setText(f"{k} patterns added.")
 
-        self.runner.start(job, 200, done, description=f"NMF at K = {k}")
+        self.runner.start(job, done, description=f"NMF at K = {k}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

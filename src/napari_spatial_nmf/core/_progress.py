@@ -33,7 +33,8 @@ class Progress:
 
 def drain(gen: Generator[Progress, None, T], on_progress=None) -> T:
     """Run a core generator to the end and return its result (the blocking twin);
-    ``on_progress(p)`` is called with every :class:`Progress` on the way."""
+    ``on_progress(p)`` is called with every :class:`Progress` on the way.
+    """
     while True:
         try:
             p = next(gen)

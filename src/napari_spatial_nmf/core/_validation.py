@@ -66,3 +66,55 @@ def check_n_components(n_components, n_obs: int, n_vars: int) -> int:
             f"min(n_obs, n_genes) = min({n_obs}, {n_vars}) = {k_max}."
         )
     return int(n_components)
+
+
+def check_int(value, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as an int, refusing floats, strings and bools (2.7 would silently run 2).
+
+    Raises
+    ------
+    TypeError
+        Not an integer.
+    ValueError
+        Below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer; got {value!r} ({type(value).__name__}).")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}; got {value}.")
+    return int(value)
+
+
+def check_positive(value, name: str) -> float:
+    """``value`` as a finite float > 0, refusing strings and bools.
+
+    Raises
+    ------
+    TypeError
+        Not a real number (e.g. the string "10").
+    ValueError
+        Not finite or not positive.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number; got {value!r} ({type(value).__name__}).")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive, finite number; got {value!r}.")
+    return float(value)
+
+
+def check_int_sequence(values, name: str, *, minimum: int | None = None) -> list[int]:
+    """A non-empty sequence of integers (a range, list or array), sorted and unique.
+
+    Raises
+    ------
+    TypeError
+        A string, a scalar, or any element that is not an integer (2.9 would silently be 2).
+    ValueError
+        Empty, or an element below ``minimum``.
+    """
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{name} must be a sequence of integers such as range(2, 11); got {values!r}.")
+    out = sorted({check_int(v, f"every element of {name}", minimum=minimum) for v in values})
+    if not out:
+        raise ValueError(f"{name} is empty.")
+    return out

@@ -274,14 +274,15 @@ def region_combinations(
                 rows.append((names[k], size, r + 1, "+".join(acr[members[t]]),
                              ",".join(str(int(x)) for x in ids[members[t]]), float(sc[k, t]), int(nu[t])))
     table = pd.DataFrame(rows, columns=["pattern", "size", "rank", "structures", "ids", "score", "n_voxels"])
-    counts = {"n_structures": int(len(ids)), "n_pairs": int(len(edges)),
-              "n_triples": int(len(combos[2])) if max_size >= 3 else 0, "score": score}
+    counts = {"n_structures": len(ids), "n_pairs": len(edges),
+              "n_triples": len(combos[2]) if max_size >= 3 else 0, "score": score}
     return table, counts
 
 
 def best_combinations(table: pd.DataFrame) -> pd.DataFrame:
     """Per pattern, the best combination of any size: the rank-1 row with the highest score
-    (one row per pattern; ``size`` says whether it is a single structure, a pair or a triple)."""
+    (one row per pattern; ``size`` says whether it is a single structure, a pair or a triple).
+    """
     best = table[table["rank"] == 1].copy()
     overall = best.loc[best.groupby("pattern", sort=False)["score"].idxmax()]
     return overall.reset_index(drop=True)
@@ -365,7 +366,7 @@ def pca_patterns(X: np.ndarray, n_components: int, random_state: int = 0):
 
 def marker_genes(coefficients: np.ndarray, genes: Sequence[str], names: Sequence[str],
                  n_top: int = 10) -> pd.DataFrame:
-    """osNMF marker genes: per pattern, the genes whose largest coefficient is that pattern,
+    """OsNMF marker genes: per pattern, the genes whose largest coefficient is that pattern,
     ranked by the importance score a_kj / sum_k a_kj (tutorial §6).
 
     coefficients (K, n_genes) non-negative. Returns columns ``pattern, rank, gene,
@@ -422,26 +423,28 @@ def coexpression_network(W: np.ndarray, H: np.ndarray, genes: Sequence[str], pat
 
 
 def imputation_holdout(X: np.ndarray, coords: np.ndarray, *, fraction: float = 0.05, n_neighbors: int = 6,
-                       seed: int = 0) -> pd.DataFrame:
+                       random_state: int = 0, names: Sequence[str] | None = None) -> pd.DataFrame:
     """Hold-out check of the k-NN imputation (osNMF ``knn_impute.py``), per gene.
 
     Hides a random ``fraction`` of each gene's measured voxels, imputes them from the
     remaining measured voxels (distance-weighted k-NN, k=6, scikit-learn), and reports
     the mean absolute error and Pearson r between held-out truth and imputed values.
-    Returns columns ``gene_index, n_held_out, mae, r, mean_value``.
+    Returns columns ``gene_index, n_held_out, mae, r, mean_value``. ``names`` (the genes)
+    name a gene with too few measured voxels in the error.
     """
     from .impute import impute_knn
 
-    rng = np.random.default_rng(seed)
+    names = [f"column {j}" for j in range(np.shape(X)[1])] if names is None else list(names)
+    rng = np.random.default_rng(random_state)
     A = np.asarray(X, dtype=np.float64)
     rows = []
     for g in range(A.shape[1]):
         meas = np.flatnonzero(np.isfinite(A[:, g]))  # only measured voxels: the truly missing ones are not scored
         col = A[meas, g]
-        hide = rng.choice(meas.size, max(1, int(round(fraction * meas.size))), replace=False)
+        hide = rng.choice(meas.size, max(1, round(fraction * meas.size)), replace=False)
         truth = col[hide].copy()
         col[hide] = np.nan
-        pred = impute_knn(col[:, None], coords[meas], n_neighbors=n_neighbors)[hide, 0]
+        pred = impute_knn(col[:, None], coords[meas], n_neighbors=n_neighbors, names=[names[g]])[hide, 0]
         r = float(np.corrcoef(truth, pred)[0, 1]) if truth.std() > 0 and pred.std() > 0 else float("nan")
         rows.append((g, hide.size, float(np.abs(truth - pred).mean()), r, float(truth.mean())))
     return pd.DataFrame(rows, columns=["gene_index", "n_held_out", "mae", "r", "mean_value"])

@@ -16,9 +16,9 @@ of passes over X.
 
 Initialisation is scikit-learn's NNDSVDa on the resampled matrix (Boutsidis & Gallopoulos
 2008), computed from the weights, for all replicates in the same wide products
-(:func:`nndsvda_batch`); "random" is scikit-learn's random init (staNMF's random
-restarts). With the default settings every replicate follows scikit-learn's own
-iterations; only the matrix products are shared.
+(:func:`nndsvda_batch`, with :func:`.starts.nndsvd_from_svd`); "random" is
+:func:`.starts.random_start` (staNMF's random restarts). With the default settings every
+replicate follows scikit-learn's own iterations; only the matrix products are shared.
 """
 
 from __future__ import annotations
@@ -30,38 +30,7 @@ import numba
 import numpy as np
 
 from ._progress import Progress
-
-
-def _nndsvda_from_values(U, V, S, row_w, col_w, avg, k):
-    """NNDSVDa (scikit-learn's ``_initialize_nmf``) from the per-copy singular values.
-
-    U (n, k) and V (m, k) are the values the singular vectors of the resampled copy take on
-    each row and column (every copy of a row shares its value); row_w, col_w count the copies,
-    so the norms of the positive / negative parts are weighted sums.
-    """
-    W = np.zeros((U.shape[0], k))
-    H = np.zeros((k, V.shape[0]))
-    W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
-    H[0] = np.sqrt(S[0]) * np.abs(V[:, 0])
-    for j in range(1, k):
-        x, y = U[:, j], V[:, j]
-        xp, yp = np.maximum(x, 0), np.maximum(y, 0)
-        xn, yn = -np.minimum(x, 0), -np.minimum(y, 0)
-        xpn, ypn = np.sqrt(row_w @ (xp * xp)), np.sqrt(col_w @ (yp * yp))
-        xnn, ynn = np.sqrt(row_w @ (xn * xn)), np.sqrt(col_w @ (yn * yn))
-        mp, mn = xpn * ypn, xnn * ynn
-        if mp > mn:
-            u, v, sigma = xp / (xpn or 1), yp / (ypn or 1), mp
-        else:
-            u, v, sigma = xn / (xnn or 1), yn / (ynn or 1), mn
-        lbd = np.sqrt(S[j] * sigma)
-        W[:, j] = lbd * u
-        H[j] = lbd * v
-    W[W < 1e-6] = 0
-    H[H < 1e-6] = 0
-    W[W == 0] = avg
-    H[H == 0] = avg
-    return W, H
+from .starts import nndsvd_from_svd
 
 
 def nndsvda_batch(X: np.ndarray, XT: np.ndarray, row_w: np.ndarray, col_w: np.ndarray, k: int,
@@ -106,13 +75,18 @@ def nndsvda_batch(X: np.ndarray, XT: np.ndarray, row_w: np.ndarray, col_w: np.nd
 
 def _nndsvda_batch_cols(X, XT, row_w, col_w, avg, k, random_state, n_oversamples):
     """:func:`nndsvda_batch` with scikit-learn's test matrix on the column side (it fits
-    the copy's transpose M = A^T (m x n) and transposes it because m < n)."""
+    the copy's transpose M = A^T (m x n) and transposes it because m < n).
+    """
     from scipy import linalg
 
     n, m = X.shape
     R = row_w.shape[0]
     dt = X.dtype
-    l = k + n_oversamples
+    # scikit-learn draws k + 10 test columns; when that exceeds the matrix's smaller side (few
+    # genes, e.g. 2), its range finder collapses to that side after the first LU step and the
+    # SVD is exact: the same here, with the width clamped so the batched shapes stay regular.
+    l_draw = k + n_oversamples
+    l = min(l_draw, n, m)
     n_iter = 7 if k < 0.1 * min(n, m) else 4
     rs = np.sqrt(row_w).astype(dt)
     cs = np.sqrt(col_w).astype(dt)
@@ -129,7 +103,7 @@ def _nndsvda_batch_cols(X, XT, row_w, col_w, avg, k, random_state, n_oversamples
         return np.stack([linalg.lu(a, permute_l=True, check_finite=False)[0] for a in A])
 
     rng = np.random.RandomState(random_state)
-    Q = np.broadcast_to(rng.normal(size=(m, l)).astype(dt), (R, m, l))
+    Q = np.broadcast_to(rng.normal(size=(m, l_draw))[:, :l].astype(dt), (R, m, l))
     for _ in range(n_iter):
         Q = lu(left(lu(right(Q))))
     Qb = np.stack([linalg.qr(a, mode="economic", check_finite=False)[0] for a in right(Q)])  # (R, n, l)
@@ -150,19 +124,9 @@ def _nndsvda_batch_cols(X, XT, row_w, col_w, avg, k, random_state, n_oversamples
     W0 = np.empty((R, n, k))
     H0 = np.empty((R, k, m))
     for r in range(R):
-        W0[r], H0[r] = _nndsvda_from_values(U[r].astype(np.float64), V[r].astype(np.float64), S[r],
-                                            row_w[r].astype(np.float64), col_w[r].astype(np.float64),
-                                            float(avg[r]), k)
+        W0[r], H0[r] = nndsvd_from_svd(U[r].astype(np.float64), S[r], V[r].astype(np.float64),
+                                       variant="nndsvda", avg=float(avg[r]), row_w=row_w[r], col_w=col_w[r])
     return W0, H0
-
-
-def random_init(X, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's ``init="random"`` with ``random_state=seed`` (staNMF's random restarts)."""
-    rng = np.random.RandomState(seed)
-    avg = np.sqrt(X.mean(dtype=np.float64) / k)
-    H = np.abs(avg * rng.standard_normal(size=(k, X.shape[1])))
-    W = np.abs(avg * rng.standard_normal(size=(X.shape[0], k)))
-    return W, H
 
 
 @dataclass
@@ -191,7 +155,8 @@ def _hals_rows(M, G, Z, sweeps, active, violation, vweight):  # pragma: no cover
     ``_update_cdnmf_fast``). The first sweep adds the projected-gradient violation of each
     replicate to ``violation[r]``, entry j counted ``vweight[r, j]`` times (its copies in
     the resampled matrix: scikit-learn's stopping criterion). Replicates run in
-    parallel; one replicate's K x p block stays in cache."""
+    parallel; one replicate's K x p block stays in cache.
+    """
     R, K, p = M.shape
     for r in numba.prange(R):
         if not active[r]:
@@ -222,7 +187,8 @@ def transposed(X: np.ndarray) -> np.ndarray:
     """X^T for the products: a C-contiguous copy for small X, the view ``X.T`` from 256 MB on.
 
     BLAS multiplies a transposed operand about as fast as a copied one at these widths, and
-    copying a large matrix's transpose (4 s at Allen scale) costs more than it saves."""
+    copying a large matrix's transpose (4 s at Allen scale) costs more than it saves.
+    """
     return np.ascontiguousarray(X.T) if X.nbytes < 2 ** 28 else X.T
 
 
@@ -230,7 +196,8 @@ def _weighted_square_sum(X, rw, cw, rows: int = 4096) -> np.ndarray:
     """(R,) float64: sum_ij r_i c_j x_ij^2 per replicate, in float64, a block of rows at a time.
 
     When every replicate shares its row weights (resampling genes) or its column weights
-    (resampling observations), one weighted sum of squares serves all of them."""
+    (resampling observations), one weighted sum of squares serves all of them.
+    """
     rows_shared = bool((rw == rw[0]).all())
     cols_shared = bool((cw == cw[0]).all())
     if rows_shared or cols_shared:
@@ -253,7 +220,8 @@ def _weighted_square_sum(X, rw, cw, rows: int = 4096) -> np.ndarray:
 
 def _objective(x2, A, B, G1, G2) -> np.ndarray:
     """Weighted squared error per replicate from cached products:
-    x2 - 2 <A, B> + <G1, G2> (A, B a cross term and its factor; G1, G2 the two Grams)."""
+    x2 - 2 <A, B> + <G1, G2> (A, B a cross term and its factor; G1, G2 the two Grams).
+    """
     return x2 - 2 * np.einsum("rkp,rkp->r", A, B, dtype=np.float64) \
         + np.einsum("rkl,rkl->r", G1, G2, dtype=np.float64)
 

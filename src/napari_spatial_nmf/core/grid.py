@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import anndata as ad
 import numpy as np
 import pandas as pd
+from anndata.utils import make_index_unique
 
 
 @dataclass(frozen=True)
@@ -148,25 +149,12 @@ def volumes_to_anndata(
     adata = ad.AnnData(
         X=X,
         obs=pd.DataFrame({"voxel": voxel}, index=[f"v{v}" for v in voxel]),
-        var=pd.DataFrame(index=pd.Index(_unique(genes), name="gene")),
+        var=pd.DataFrame(index=make_index_unique(pd.Index(genes, name="gene"))),
     )
     adata.obsm["spatial"] = voxel_coordinates(grid)
     adata.uns["grid"] = grid.to_uns()
+    adata.uns["spatial_unit"] = "µm"
     return adata
-
-
-def _unique(names: list[str]) -> list[str]:
-    """Make names unique the way anndata does (``name-1``, ``name-2``...)."""
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        if n in seen:
-            seen[n] += 1
-            out.append(f"{n}-{seen[n]}")
-        else:
-            seen[n] = 0
-            out.append(n)
-    return out
 
 
 def voxel_coordinates(grid: Grid) -> np.ndarray:

@@ -15,17 +15,16 @@ yields, so a GUI can show progress and cancel.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.utils import check_random_state
-from sklearn.utils.extmath import randomized_svd
+from sklearn.exceptions import ConvergenceWarning
 
 from ._progress import Progress, drain
 from ._validation import as_float_matrix, check_n_components
-
-INITS = ("nndsvda", "nndsvd", "nndsvdar", "random")
+from .starts import INITS, initialize
 
 
 @dataclass
@@ -42,6 +41,9 @@ class NMFResult:
         Iterations run.
     converged : bool
         True if the stopping rule was met before ``max_iter``.
+    stop_reason : str
+        Why the fit stopped: ``"tol"`` (the violation fell below ``tol`` times the first
+        one) or ``"max_iter"`` (which also warns with scikit-learn's ``ConvergenceWarning``).
     reconstruction_err : float
         Frobenius norm ||X - W H||_F, as scikit-learn's ``reconstruction_err_``.
     relative_error : float
@@ -54,65 +56,10 @@ class NMFResult:
     coefficients: np.ndarray
     n_iter: int
     converged: bool
+    stop_reason: str
     reconstruction_err: float
     relative_error: float
     params: dict = field(default_factory=dict)
-
-
-def initialize(X: np.ndarray, n_components: int, init: str, random_state) -> tuple[np.ndarray, np.ndarray]:
-    """Initial W (n_obs x K) and H (K x n_genes), as scikit-learn's ``_initialize_nmf``.
-
-    Parameters
-    ----------
-    X : numpy.ndarray, shape (n_obs, n_genes), non-negative float
-    n_components : int
-    init : {"nndsvda", "nndsvd", "nndsvdar", "random"}
-        "nndsvda" (scikit-learn's default) fills NNDSVD's zeros with mean(X).
-    random_state : int, numpy.random.RandomState or None
-        Seeds the randomized SVD and the random fills.
-
-    Source: Boutsidis & Gallopoulos (2008) "SVD based initialization: a head start for
-    nonnegative matrix factorization", Pattern Recognition 41:1350.
-    """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}; got {init!r}.")
-    n_obs, n_genes = X.shape
-    rng = check_random_state(random_state)
-    if init == "random":
-        avg = np.sqrt(X.mean() / n_components)
-        H = np.abs(avg * rng.standard_normal(size=(n_components, n_genes)).astype(X.dtype, copy=False))
-        W = np.abs(avg * rng.standard_normal(size=(n_obs, n_components)).astype(X.dtype, copy=False))
-        return W, H
-    U, S, V = randomized_svd(X, n_components, random_state=rng)
-    W, H = np.zeros_like(U), np.zeros_like(V)
-    W[:, 0] = np.sqrt(S[0]) * np.abs(U[:, 0])
-    H[0, :] = np.sqrt(S[0]) * np.abs(V[0, :])
-    for j in range(1, n_components):
-        x, y = U[:, j], V[j, :]
-        xp, yp = np.maximum(x, 0), np.maximum(y, 0)
-        xn, yn = np.abs(np.minimum(x, 0)), np.abs(np.minimum(y, 0))
-        xpn, ypn = np.sqrt(xp @ xp), np.sqrt(yp @ yp)
-        xnn, ynn = np.sqrt(xn @ xn), np.sqrt(yn @ yn)
-        mp, mn = xpn * ypn, xnn * ynn
-        if mp > mn:
-            u, v, sigma = xp / xpn, yp / ypn, mp
-        else:
-            u, v, sigma = xn / xnn, yn / ynn, mn
-        lbd = np.sqrt(S[j] * sigma)
-        W[:, j] = lbd * u
-        H[j, :] = lbd * v
-    eps = 1e-6
-    W[W < eps] = 0
-    H[H < eps] = 0
-    if init == "nndsvda":
-        avg = X.mean()
-        W[W == 0] = avg
-        H[H == 0] = avg
-    elif init == "nndsvdar":
-        avg = X.mean()
-        W[W == 0] = np.abs(avg * rng.standard_normal(size=int((W == 0).sum())) / 100)
-        H[H == 0] = np.abs(avg * rng.standard_normal(size=int((H == 0).sum())) / 100)
-    return W.astype(X.dtype, copy=False), H.astype(X.dtype, copy=False)
 
 
 def _cd_sweep(W: np.ndarray, HHt: np.ndarray, XHt: np.ndarray) -> float:
@@ -183,24 +130,32 @@ def iter_fit_nmf(
 
 
 def _fit(X, k, init, max_iter, tol, random_state, params) -> Generator[Progress, None, NMFResult]:
-    W, H = initialize(X, k, init, random_state)
+    # Fit X / s with s a power of two near max(X): exact in floating point, so data of any
+    # scale (1e-30 or 1e6 times the usual) follow the iterates of unit-scale data instead of
+    # underflowing or meeting scikit-learn's absolute 1e-6 threshold in the start.
+    s = float(2.0 ** np.round(np.log2(float(X.max()))))
+    Xs = X / X.dtype.type(s) if s != 1.0 else X
+    W, H = initialize(Xs, k, init, random_state)
     Ht = np.ascontiguousarray(H.T)
-    XT = np.ascontiguousarray(X.T)
+    XT = np.ascontiguousarray(Xs.T)
     violation_init = None
-    converged = False
+    stop_reason = "max_iter"
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        violation = _cd_sweep(W, Ht.T @ Ht, X @ Ht)
+        violation = _cd_sweep(W, Ht.T @ Ht, Xs @ Ht)
         violation += _cd_sweep(Ht, W.T @ W, XT @ W)
         if violation_init is None:
             violation_init = violation
         ratio = violation / violation_init if violation_init else 0.0
         yield Progress(n_iter, max_iter, f"iteration {n_iter}/{max_iter}, violation ratio {ratio:.2e}")
         if violation_init == 0 or ratio <= tol:
-            converged = True
+            stop_reason = "tol"
             break
-    H = Ht.T
-    err = float(np.linalg.norm(X - W @ H))
+    if stop_reason == "max_iter" and tol > 0:  # tol <= 0 asks for exactly max_iter iterations
+        warnings.warn(f"NMF stopped at max_iter={max_iter} before the tolerance {tol:g} was met; increase "
+                      "max_iter to improve convergence.", ConvergenceWarning, stacklevel=2)
+    H = Ht.T * H.dtype.type(s)  # the data scale goes back into the coefficients
+    err = float(np.linalg.norm((Xs - W @ Ht.T).astype(np.float64))) * s
     scale = W.max(axis=0)
     scale[scale == 0] = 1
     patterns = (W / scale).astype(X.dtype, copy=False)
@@ -209,9 +164,10 @@ def _fit(X, k, init, max_iter, tol, random_state, params) -> Generator[Progress,
         patterns=patterns,
         coefficients=coefficients,
         n_iter=n_iter,
-        converged=converged,
+        converged=stop_reason == "tol",
+        stop_reason=stop_reason,
         reconstruction_err=err,
-        relative_error=err / float(np.linalg.norm(X)),
+        relative_error=err / (float(np.linalg.norm(Xs.astype(np.float64))) * s),
         params=params,
     )
 

@@ -25,7 +25,7 @@ What differs, by design:
 * X stays sparse: the updates need ``X / (W H)`` only at the non-zeros of X. The GKL is
   computed over the non-zeros plus ``sum(W H)``; the R code's dense +1e-6 terms at the
   zero entries (each at most ``1e-6 log(mu / 1e-6)``) are left out.
-* Random numbers come from numpy's generator, so runs are reproducible from ``seed`` but
+* Random numbers come from numpy's generator, so runs are reproducible from ``random_state`` but
   not equal to R's.
 
 The kernels are numba-compiled loops over the non-zeros, parallel over cells.
@@ -34,6 +34,7 @@ The kernels are numba-compiled loops over the non-zeros, parallel over cells.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
+from sklearn.exceptions import ConvergenceWarning
 
 from ._progress import Progress
 
@@ -175,16 +177,23 @@ def default_lengthscale(coords: np.ndarray, groups=None, n_neighbors: int = 14) 
 
 @dataclass
 class SpatialKernel:
-    """Row-stochastic sparse smoothing matrix S (n x n, CSR float64) and its diagnostics."""
+    """Row-stochastic sparse smoothing matrix S (n x n, CSR float64) and its diagnostics.
+
+    ``lonely`` lists the cells without any neighbour in a leave-one-out kernel
+    (``include_self=False``); their rows of S are empty, and :func:`smooth_loo` predicts
+    them by their slice's mean (the R code's all-ones row), without storing that row.
+    """
 
     S: sp.csr_matrix
     lengthscale: float
     kernel_cutoff: float
     mean_neighbors: float  # mean non-zeros per row minus self (the R package's avg_nn)
+    lonely: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    groups: np.ndarray | None = None
 
 
 def neighbor_pairs(coords: np.ndarray, radius: float, groups=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs (i < j) of cells of the same slice within ``radius`` (µm): i, j, squared distance."""
+    """All pairs (i < j) of cells of the same slice within ``radius``: i, j, squared distance."""
     C = np.asarray(coords, dtype=np.float64)
     I, J = [], []
     for idx in _groups_index(len(C), groups):
@@ -195,6 +204,48 @@ def neighbor_pairs(coords: np.ndarray, radius: float, groups=None) -> tuple[np.n
     j = np.concatenate(J) if J else np.empty(0, np.int64)
     d2 = ((C[i] - C[j]) ** 2).sum(axis=1)
     return i, j, d2
+
+
+KERNEL_BYTES_PER_NONZERO = 64  # pair arrays, COO triplets and the CSR while the kernel is built
+
+
+def expected_neighbors(coords: np.ndarray, radius: float, groups=None, *, sample: int = 2000,
+                       random_state: int = 0) -> float:
+    """Mean number of cells (self included) within ``radius`` of a cell, estimated from a
+    random sample of at most ``sample`` cells per slice (counts only, no pair lists).
+    """
+    C = np.asarray(coords, dtype=np.float64)
+    rng = np.random.default_rng(random_state)
+    total = 0.0
+    for idx in _groups_index(len(C), groups):
+        pick = idx if idx.size <= sample else rng.choice(idx, sample, replace=False)
+        counts = cKDTree(C[idx]).query_ball_point(C[pick], radius, return_length=True)
+        total += float(np.mean(counts)) * idx.size
+    return total / max(len(C), 1)
+
+
+def check_kernel_memory(coords: np.ndarray, lengthscale: float, kernel_cutoff: float = 0.1, groups=None, *,
+                        unit: str = "coordinate units") -> float:
+    """Refuse (before building it) a kernel whose estimated memory exceeds the limit.
+
+    Returns the estimated mean number of neighbours per cell (self included).
+
+    Raises
+    ------
+    napari_spatial_nmf.core._memory.MemoryLimitError
+        With the estimate, the limit and what to change (a ValueError).
+    """
+    from ._memory import check_memory
+
+    radius = lengthscale * np.sqrt(-np.log(kernel_cutoff))
+    per_cell = expected_neighbors(coords, radius, groups)
+    nnz = per_cell * len(coords)
+    check_memory(nnz * KERNEL_BYTES_PER_NONZERO,
+                 f"the spatial kernel at lengthscale {lengthscale:.4g} {unit} ({per_cell:,.0f} neighbours per cell, "
+                 f"{nnz:.3g} non-zeros)",
+                 "Choose a smaller lengthscale (the default is the mean distance to the 14th neighbour), or check "
+                 "the unit of the coordinates.")
+    return per_cell
 
 
 def spatial_kernel(coords: np.ndarray, lengthscale: float, kernel_cutoff: float = 0.1,
@@ -208,17 +259,22 @@ def spatial_kernel(coords: np.ndarray, lengthscale: float, kernel_cutoff: float 
 
     Parameters
     ----------
-    coords : ndarray, (n, 2) or (n, 3), µm
+    coords : ndarray, (n, 2) or (n, 3)
+        Cell coordinates (any unit; ``lengthscale`` in the same unit).
     lengthscale : float
-        l in µm, > 0.
+        l, > 0.
     kernel_cutoff : float
         In (0, 1).
     groups : array-like, (n,), optional
         Slice / sample labels; cells of different slices are never neighbours.
     include_self : bool
         True for NNMF (S~_ii = 1). False gives the leave-one-out kernel of
-        :func:`smoothing_error`; a cell without neighbours then averages all cells of its
-        slice (the R code's "rows summing to 0 are set to all 1").
+        :func:`smoothing_error`; a cell without neighbours keeps an empty row and is listed
+        in ``lonely`` (:func:`smooth_loo` predicts it by its slice's mean).
+
+    Returns
+    -------
+    SpatialKernel
 
     Raises
     ------
@@ -226,7 +282,7 @@ def spatial_kernel(coords: np.ndarray, lengthscale: float, kernel_cutoff: float 
         ``lengthscale <= 0`` or a cutoff outside (0, 1).
     """
     if not np.isfinite(lengthscale) or lengthscale <= 0:
-        raise ValueError(f"lengthscale must be a positive distance in µm; got {lengthscale!r}.")
+        raise ValueError(f"lengthscale must be a positive distance; got {lengthscale!r}.")
     if not 0 < kernel_cutoff < 1:
         raise ValueError(f"kernel_cutoff must be in (0, 1); got {kernel_cutoff!r}.")
     n = len(coords)
@@ -246,19 +302,22 @@ def spatial_kernel(coords: np.ndarray, lengthscale: float, kernel_cutoff: float 
     S.sum_duplicates()
     rs = np.asarray(S.sum(axis=1)).ravel()
     n_nb = np.diff(S.indptr) - (1 if include_self else 0)
-    if not include_self and (rs == 0).any():
-        lonely = np.flatnonzero(rs == 0)
-        extra_r, extra_c = [], []
-        for idx in _groups_index(n, groups):
-            lone = np.intersect1d(idx, lonely, assume_unique=True)
+    lonely = np.flatnonzero(rs == 0)
+    S = sp.csr_matrix(sp.diags(1.0 / np.where(rs > 0, rs, 1.0)) @ S)
+    return SpatialKernel(S, float(lengthscale), float(kernel_cutoff), float(n_nb.mean()), lonely,
+                         None if groups is None else np.asarray(groups))
+
+
+def smooth_loo(kernel: SpatialKernel, P) -> np.ndarray:
+    """S P for a leave-one-out kernel, dense (n, G); a lonely cell gets its slice's mean of P."""
+    SP = kernel.S @ P
+    SP = np.asarray(SP.toarray() if sp.issparse(SP) else SP)
+    if kernel.lonely.size:
+        for idx in _groups_index(P.shape[0], kernel.groups):
+            lone = np.intersect1d(idx, kernel.lonely, assume_unique=True)
             if lone.size:
-                extra_r.append(np.repeat(lone, len(idx)))
-                extra_c.append(np.tile(idx, lone.size))
-        S = S + sp.csr_matrix((np.ones(sum(map(len, extra_r))),
-                               (np.concatenate(extra_r), np.concatenate(extra_c))), shape=(n, n))
-        rs = np.asarray(S.sum(axis=1)).ravel()
-    S = sp.csr_matrix(sp.diags(1.0 / rs) @ S)
-    return SpatialKernel(S, float(lengthscale), float(kernel_cutoff), float(n_nb.mean()))
+                SP[lone] = np.asarray(P[idx].mean(axis=0)).ravel()
+    return SP
 
 
 # --------------------------------------------------------------------------- numba kernels
@@ -275,7 +334,8 @@ def _numerator_kernel(KP: int):
     without remainders; with the unsigned column index it drops the negative-index checks.
     Together 1.4-1.8x faster per pass than the same loops over a run-time K, and 1.6x per
     iteration at 10^6 simulated cells, K = 20 (docs/benchmarks.md). numba caches one
-    compiled kernel per width on disk."""
+    compiled kernel per width on disk.
+    """
 
     @numba.njit(parallel=True, fastmath=True, cache=True)
     def numerator(indptr, indices, data, W, Hp, for_h, n_chunks):
@@ -352,7 +412,8 @@ def _numerator(indptr, indices, data, W, Ht, for_h, n_chunks):
     ``for_h=True``: returns sum_i r_ij W_i, (G, K), one accumulator per chunk of cells.
     Four non-zeros are handled at a time: four independent K-long dot products hide the
     add latency a single reduction is bound by (1.3-1.5x on the 2-core Xeon). H is passed
-    zero-padded to the kernel's width; padded columns add exact zeros."""
+    zero-padded to the kernel's width; padded columns add exact zeros.
+    """
     K = W.shape[1]
     KP = _padded_width(K)
     Hp = np.zeros((Ht.shape[0], KP))
@@ -372,7 +433,7 @@ def _h_numerator(indptr, indices, data, W, Ht, n_chunks):
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _gkl_nonzero(indptr, indices, data, W, Ht, delta):
-    """sum over non-zeros of (x+d) log((x+d)/(mu+d)) - x."""
+    """Sum over non-zeros of (x+d) log((x+d)/(mu+d)) - x."""
     n, K = W.shape
     tot = np.zeros(n)
     for i in numba.prange(n):
@@ -414,13 +475,37 @@ def _smooth(indptr, indices, data, W, n_chunks):
                 W[i, k] = acc[k] * r[i]
 
 
+def smooth_reference(S: sp.csr_matrix, W: np.ndarray) -> np.ndarray:
+    """The smoothing step in plain scipy: ``(S @ (W / r)) * r``, r the row sums of W.
+
+    The reference the numba kernel :func:`_smooth` is tested against. The kernel is kept
+    because it is 2.1-2.6x faster at 10^5-10^6 cells (``benchmarks/nnmf_smoothing.py``,
+    docs/benchmarks.md); both give the same result to 1e-15.
+    """
+    r = W.sum(axis=1, keepdims=True)
+    return np.asarray(S @ (W / r)) * r
+
+
+def warn_if_not_counts(X: sp.csr_matrix) -> None:
+    """Warn when X does not look like counts (non-integer values, e.g. log1p or normalised
+    data), which a Poisson / KL model misreads.
+    """
+    data = X.data[: min(X.data.size, 1_000_000)]
+    frac = float(np.mean(data != np.round(data))) if data.size else 0.0
+    if frac > 0.01:
+        warnings.warn(f"{frac:.0%} of the non-zero values are not integers: the data look normalised or "
+                      "log-transformed, not counts. NNMF is a Poisson (KL) model of counts; pass raw counts "
+                      "(layer=... if they are in a layer) for results you can trust.", UserWarning, stacklevel=4)
+
+
 def _n_chunks() -> int:
     return max(1, numba.get_num_threads())
 
 
 def gkl(X: sp.csr_matrix, W: np.ndarray, Ht: np.ndarray, delta: float = GKL_DELTA) -> float:
     """Generalized KL divergence D(X || W H) of the R code's ``error()`` over the non-zeros
-    of X, plus sum(W H) (W: (n, K), Ht = H^T: (G, K))."""
+    of X, plus sum(W H) (W: (n, K), Ht = H^T: (G, K)).
+    """
     nz = _gkl_nonzero(X.indptr, X.indices, X.data, W, Ht, delta)
     return float(nz + W.sum(axis=0) @ Ht.sum(axis=0))
 
@@ -460,6 +545,11 @@ class NNMFResult:
         (iteration, GKL) at every convergence check.
     n_iter : int
     converged : bool
+        True when the stopping rule was met (``stop_reason`` "tol" or "gkl_rose").
+    stop_reason : str
+        ``"tol"`` (the relative GKL change fell below ``tol``), ``"gkl_rose"`` (the GKL
+        rose between two checks: the smoothing makes it non-monotone; the R rule stops
+        there too) or ``"max_iter"`` (also a ``ConvergenceWarning``).
     initial_gkl : list of float
         GKL of each warm start (the lowest was kept).
     """
@@ -470,6 +560,7 @@ class NNMFResult:
     trace: np.ndarray
     n_iter: int
     converged: bool
+    stop_reason: str = "max_iter"
     initial_gkl: list = field(default_factory=list)
 
 
@@ -484,7 +575,7 @@ def iter_fit_nnmf(
     small_iter: int = 50,
     error_freq: int = 10,
     desmooth: bool = False,
-    seed: int | None = 0,
+    random_state: int | None = 0,
     init: tuple[np.ndarray, np.ndarray] | None = None,
     reorder: bool = True,
 ) -> Generator[Progress, None, NNMFResult]:
@@ -515,7 +606,7 @@ def iter_fit_nnmf(
         ``smallIter`` (50), ``error_freq`` (10).
     desmooth : bool
         The R option ``not_sc``: one more unsmoothed W step after convergence.
-    seed : int or None
+    random_state : int or None
         Seed of the U(0, 1) starts.
     init : (W (n, K), H (K, G)), optional
         Start from these (copied) instead of the warm starts.
@@ -542,7 +633,7 @@ def iter_fit_nnmf(
                          f"{min(n, G)}.")
     if S is not None and S.shape != (n, n):
         raise ValueError(f"The kernel is {S.shape} but there are {n} cells.")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     order = None
     if S is not None and reorder and n > 1:
         from scipy.sparse.csgraph import reverse_cuthill_mckee
@@ -584,7 +675,7 @@ def iter_fit_nnmf(
         _, W, Ht = best
     trace = []
     old = np.inf
-    converged = False
+    stop_reason = "max_iter"
     t = 0
     for t in range(max_iter):
         _w_step(X.indptr, X.indices, X.data, W, Ht)  # (1)
@@ -604,12 +695,16 @@ def iter_fit_nnmf(
             trace.append((t, new))
             msg += f", GKL {new:.6g}"
             if t > error_freq and 2 * (old - new) / (0.1 + abs(2 * new)) < tol:
-                converged = True
+                stop_reason = "gkl_rose" if new > old else "tol"
                 old = new
-                yield Progress(step, total, msg + " (converged)")
+                yield Progress(step, total, msg + (" (GKL rose: stopped)" if stop_reason == "gkl_rose"
+                                                   else " (converged)"))
                 break
             old = new
         yield Progress(step, total, msg)
+    if stop_reason == "max_iter" and tol > 0:  # tol <= 0 asks for exactly max_iter iterations
+        warnings.warn(f"NNMF stopped at max_iter={max_iter} before the relative GKL change fell below "
+                      f"tol={tol:g}; increase max_iter to improve convergence.", ConvergenceWarning, stacklevel=2)
     if desmooth:
         _w_step(X.indptr, X.indices, X.data, W, Ht)
     rk = Ht.sum(axis=0)
@@ -620,8 +715,8 @@ def iter_fit_nnmf(
         back = np.empty_like(W)
         back[order] = W
         W = back
-    return NNMFResult(W, H, final, np.asarray(trace, dtype=np.float64).reshape(-1, 2), t + 1, converged,
-                      initial_gkl)
+    return NNMFResult(W, H, final, np.asarray(trace, dtype=np.float64).reshape(-1, 2), t + 1,
+                      stop_reason != "max_iter", stop_reason, initial_gkl)
 
 
 def _warm_iter(X, W, Ht):
@@ -641,12 +736,11 @@ def smoothing_error(P: sp.csr_matrix, coords: np.ndarray, lengthscale: float, gr
     """Leave-one-out kernel-smoothing error of the proportions P at one lengthscale.
 
     ``mean((P - S P)^2)`` with S the kernel without its diagonal (``estimate_lengthscale``
-    in ``R/utils.R``); ``per_gene=True`` returns the (G,) column means instead.
+    in ``R/utils.R``); ``per_gene=True`` returns the (G,) column means instead. Memory:
+    the kernel's non-zeros plus one dense (n, G) array.
     """
     k = spatial_kernel(coords, lengthscale, kernel_cutoff, groups, include_self=False)
-    SP = k.S @ P
-    D = (SP - P) if sp.issparse(SP) else SP - P.toarray()
-    D = D.toarray() if sp.issparse(D) else np.asarray(D)
+    D = smooth_loo(k, P) - (P.toarray() if sp.issparse(P) else np.asarray(P))
     sq = D**2
     return (sq.mean(axis=0), k.mean_neighbors) if per_gene else (float(sq.mean()), k.mean_neighbors)
 
@@ -662,7 +756,8 @@ def proportions(X: sp.csr_matrix) -> sp.csr_matrix:
 def lengthscale_grid(coords: np.ndarray, groups=None, *, max_avg_nn: int = 20, n_grid: int = 10) -> np.ndarray:
     """The R package's candidate grid: ``seq(min(d), max_val, length.out=10)`` with
     ``max_val`` the mean distance to the ``max_avg_nn``-th neighbour and min(d) the
-    smallest distance between two cells."""
+    smallest distance between two cells.
+    """
     C = np.asarray(coords, dtype=np.float64)
     dmin, dmax = np.inf, []
     for idx in _groups_index(len(C), groups):

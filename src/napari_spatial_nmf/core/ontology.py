@@ -255,8 +255,5 @@ class Ontology:
 
 def _parent_from_path(path) -> int | None:
     """Parent id from a root-to-self path: Allen's ``"/997/8/567/"`` or brainglobe's list."""
-    if isinstance(path, (list, tuple)):
-        parts = list(path)
-    else:
-        parts = [p for p in str(path).strip("/").split("/") if p]
+    parts = list(path) if isinstance(path, (list, tuple)) else [p for p in str(path).strip("/").split("/") if p]
     return int(parts[-2]) if len(parts) >= 2 else None

@@ -16,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
+import warnings
+import zipfile
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +27,16 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from ._memory import check_memory
 from ._progress import Progress, relay
-from ._validation import as_float_matrix
-from .batched import BatchResult, iter_fit_batch, nndsvda_batch, random_init, transposed
+from ._validation import as_float_matrix, check_int, check_int_sequence
+from .batched import BatchResult, iter_fit_batch, nndsvda_batch, transposed
+from .starts import random_start
 
 RESAMPLING = ("genes", "obs", "none")
 SIMILARITIES = ("cosine", "pearson")
 MATCHINGS = ("hungarian", "amari")
-STORE_FORMAT = "napari-spatial-nmf stability store v1"
+STORE_FORMAT = "napari-spatial-nmf stability store v2"
 
 
 # ------------------------------------------------------------------ dissimilarities
@@ -61,7 +66,8 @@ def hungarian_distance(C: np.ndarray) -> float:
 
 def amari_distance(C: np.ndarray) -> float:
     """Amari-type error: 1/2 [mean_j (1 - max_i C_ij) + mean_i (1 - max_j C_ij)] (Wu 2016,
-    ``amariMaxError.m``)."""
+    ``amariMaxError.m``).
+    """
     return float(0.5 * (np.mean(1 - C.max(axis=0)) + np.mean(1 - C.max(axis=1))))
 
 
@@ -94,23 +100,28 @@ def instability(dictionaries: np.ndarray, *, matching: str = "hungarian",
     norms = np.linalg.norm(D, axis=1, keepdims=True)
     D = D / np.where(norms > 0, norms, 1)
     K = D.shape[2]
-    flat = D.transpose(0, 2, 1).reshape(N * K, -1)
-    allC = np.abs(flat @ flat.T).reshape(N, K, N, K)  # one product for every pair
+    flat = D.transpose(0, 2, 1).reshape(N * K, -1)  # (N K, n_obs): each replicate's patterns as rows
     dist = amari_distance if matching == "amari" else hungarian_distance
-    d = np.array([dist(allC[a, :, b, :]) for a in range(N) for b in range(a + 1, N)])
+    d = np.empty(N * (N - 1) // 2)
+    p = 0
+    for a in range(N - 1):  # one product per replicate against the later ones: memory O(N K^2)
+        C = np.abs(flat[a * K:(a + 1) * K] @ flat[(a + 1) * K:].T).reshape(K, N - a - 1, K)
+        for j in range(N - a - 1):
+            d[p] = dist(C[:, j, :])
+            p += 1
     gamma = float(d.mean())
     sd = float(np.sqrt(max((d ** 2).mean() - gamma ** 2, 0.0)) * np.sqrt(2.0 / N))
     return gamma, sd
 
 
 # ------------------------------------------------------------------ replicates
-def replicate_counts(size: int, replicate: int, seed: int = 0) -> np.ndarray:
+def replicate_counts(size: int, replicate: int, random_state: int = 0) -> np.ndarray:
     """Bootstrap counts of one replicate: how often each of ``size`` units is drawn.
 
-    Replicate b draws with ``np.random.RandomState(seed + b).choice(size, size)``, as osNMF
-    draws with ``np.random.seed(b)``.
+    Replicate b draws with ``np.random.RandomState(random_state + b).choice(size, size)``,
+    as osNMF draws with ``np.random.seed(b)``.
     """
-    idx = np.random.RandomState(seed + replicate).choice(size, size, replace=True)
+    idx = np.random.RandomState(random_state + replicate).choice(size, size, replace=True)
     return np.bincount(idx, minlength=size).astype(np.float64)
 
 
@@ -125,21 +136,23 @@ def _weights(shape, resample, replicate, seed):
 
 
 def fit_replicates(X: np.ndarray, k: int, replicates: Sequence[int], *, resample: str = "genes",
-                   seed: int = 0, max_iter: int = 200, tol: float = 1e-4
+                   random_state: int = 0, max_iter: int = 200, tol: float = 1e-4
                    ) -> Generator[Progress, None, BatchResult]:
     """Fit the given bootstrap replicates at one K together (see :mod:`.batched`).
 
-    Replicate b draws its bootstrap sample with seed + b; the NNDSVDa initialisation uses
-    ``random_state=seed`` for every replicate (osNMF fixes scikit-learn's random_state, so
-    all variation comes from the bootstrap); with ``resample="none"`` replicate b starts from
-    scikit-learn's random init with seed + b (staNMF's random restarts). The sweep always
-    fits the same fixed batches, so a resumed or distributed sweep gives identical numbers.
+    Replicate b draws its bootstrap sample with random_state + b; the NNDSVDa start uses
+    ``random_state`` for every replicate (osNMF fixes scikit-learn's random_state, so all
+    variation comes from the bootstrap); with ``resample="none"`` replicate b starts from
+    scikit-learn's random init with random_state + b (staNMF's random restarts). The sweep
+    always fits the same fixed batches, so a resumed or distributed sweep gives identical
+    numbers.
     """
+    seed = random_state
     X32 = np.ascontiguousarray(X, dtype=np.float32)
     XT32 = transposed(X32)
     RW, CW = (np.array(a) for a in zip(*(_weights(X.shape, resample, b, seed) for b in replicates)))
     if resample == "none":
-        W0, H0 = (np.array(a) for a in zip(*(random_init(np.asarray(X), k, seed + b) for b in replicates)))
+        W0, H0 = (np.array(a) for a in zip(*(random_start(np.asarray(X), k, seed + b) for b in replicates)))
     else:  # every replicate's randomized SVD in the same wide float32 products
         W0, H0 = nndsvda_batch(X32, XT32, RW, CW, k, seed)
     return (yield from iter_fit_batch(X32, W0, H0, row_w=RW, col_w=CW, XT=XT32, max_iter=max_iter, tol=tol))
@@ -153,60 +166,141 @@ def fingerprint(X: np.ndarray) -> str:
     return h.hexdigest()
 
 
+class StoreError(ValueError):
+    """A results store that cannot be used as it is (the message names the file and the remedy)."""
+
+
 class StabilityStore:
     """A folder that keeps every finished (K, replicate) fit of a sweep.
 
     Layout (documented in ``docs/stability.md``)::
 
-        store/manifest.json          format, parameters, data fingerprint
-        store/k015/r0000.npz         dictionary (n_obs x K, float32), objective, n_iter
-        store/k015/instability.json  gamma, sd once all replicates of K are done
+        store/manifest.json          format, fit parameters (not the K range), data fingerprint
+        store/.lock                  held while a sweep writes (one writer at a time)
+        store/k015/r0000.npz         dictionary (n_obs x K, float32), objective, n_iter, sha256
 
-    Files are written to a temporary name and renamed, so a killed sweep never leaves a
-    half-written fit; starting the same sweep again skips what is there.
+    Every record carries a sha256 of its contents: a record that is damaged or altered is
+    reported (a warning naming the file) and fitted again. Files are written under
+    per-process temporary names and renamed, so a killed sweep never leaves a half-written
+    fit and two processes never share a temporary file; a second sweep on a store that is
+    being written is refused. The K range is not part of the manifest, so a store made for
+    K 3..5 resumes a sweep of K 3..6 with the finished fits.
+
+    Raises
+    ------
+    StoreError
+        The path is a file, the manifest is unreadable, the store holds a sweep of other
+        data or parameters, or another process is writing to it.
     """
 
     def __init__(self, path, params: dict, data_fingerprint: str):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"The results store {self.path} is a file, not a folder: choose a folder path.")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create the results store {self.path}: {exc.strerror}. Choose a writable "
+                             "folder.") from None
+        self._lock = self._take_lock()
         manifest = {"format": STORE_FORMAT, "params": params, "data": data_fingerprint}
         mpath = self.path / "manifest.json"
         if mpath.exists():
-            old = json.loads(mpath.read_text())
+            try:
+                old = json.loads(mpath.read_text())
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, OSError) as exc:
+                self.close()
+                raise StoreError(f"The store's manifest {mpath} is damaged ({exc}). Delete {mpath} (the finished "
+                                 "fits are then recomputed) or choose another folder.") from None
+            if old.get("format") != STORE_FORMAT:
+                self.close()
+                raise StoreError(f"{self.path} holds a store of another format ({old.get('format')!r}); choose "
+                                 "another folder, or delete this one to start over.")
             if old.get("data") != data_fingerprint or old.get("params") != params:
                 diff = {k: (old.get("params", {}).get(k), v) for k, v in params.items()
                         if old.get("params", {}).get(k) != v}
-                raise ValueError(
+                self.close()
+                raise StoreError(
                     f"The results store {self.path} holds a sweep of other data or parameters "
                     f"({'data differ' if old.get('data') != data_fingerprint else diff}). "
-                    "Choose another folder, or delete this one to start over."
-                )
+                    "Choose another folder, or delete this one to start over.")
         else:
             self._atomic_write(mpath, json.dumps(manifest, indent=2).encode())
 
+    def _take_lock(self):
+        import fcntl
+
+        f = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the store's lifetime
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise StoreError(f"Another sweep is writing to the results store {self.path} now. Wait for it to "
+                             "finish (it keeps every fit; run yours afterwards to reuse them) or choose another "
+                             "folder.") from None
+        return f
+
+    def close(self) -> None:
+        """Release the store's lock (also done when the sweep ends or the object is collected)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    __del__ = close
+
     @staticmethod
     def _atomic_write(path: Path, payload: bytes) -> None:
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_bytes(payload)
         os.replace(tmp, path)
 
     def _file(self, k: int, b: int) -> Path:
         return self.path / f"k{k:03d}" / f"r{b:04d}.npz"
 
+    @staticmethod
+    def _checksum(dictionary: np.ndarray, objective: float, n_iter: int) -> str:
+        h = hashlib.sha256(np.ascontiguousarray(dictionary, dtype=np.float32).tobytes())
+        h.update(np.float64(objective).tobytes())
+        h.update(np.int64(n_iter).tobytes())
+        return h.hexdigest()
+
     def has(self, k: int, b: int) -> bool:
+        """True if the record of replicate ``b`` at K = ``k`` exists (it is checked on loading)."""
         return self._file(k, b).exists()
 
     def save(self, k: int, b: int, dictionary: np.ndarray, objective: float, n_iter: int) -> None:
+        """Write one finished fit with its checksum (under a temporary name, then renamed)."""
         f = self._file(k, b)
         f.parent.mkdir(exist_ok=True)
-        tmp = f.with_name(f.stem + ".tmp.npz")
-        np.savez(tmp, dictionary=dictionary.astype(np.float32), objective=np.float64(objective),
-                 n_iter=np.int64(n_iter))
+        d = dictionary.astype(np.float32)
+        tmp = f.with_name(f".{f.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
+        np.savez(tmp, dictionary=d, objective=np.float64(objective), n_iter=np.int64(n_iter),
+                 sha256=np.array(self._checksum(d, objective, n_iter)))
         os.replace(tmp, f)
 
-    def load(self, k: int, b: int) -> np.ndarray:
-        with np.load(self._file(k, b), allow_pickle=False) as z:
-            return z["dictionary"]
+    def load(self, k: int, b: int, n_obs: int) -> np.ndarray | None:
+        """The record's dictionary, or None (with a warning naming the file) when it is
+        damaged, altered or of the wrong shape: the caller fits it again.
+        """
+        f = self._file(k, b)
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                d, obj, it, digest = z["dictionary"], float(z["objective"]), int(z["n_iter"]), str(z["sha256"])
+            problem = None
+            if d.shape != (n_obs, k):
+                problem = f"its dictionary has shape {d.shape}, expected {(n_obs, k)}"
+            elif digest != self._checksum(d, obj, it):
+                problem = "its checksum does not match its contents (it was altered or damaged)"
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            problem = f"it cannot be read ({type(exc).__name__}: {exc})"
+        if problem is None:
+            return d
+        warnings.warn(f"Results store record {f} is not usable: {problem}. It is fitted again.", UserWarning,
+                      stacklevel=4)
+        f.unlink(missing_ok=True)
+        return None
 
 
 # ------------------------------------------------------------------ the sweep
@@ -221,11 +315,16 @@ class StabilityResult:
     best_k : int
         argmin of the instability.
     params : dict
+        The sweep's parameters.
+    edge_warning : str or None
+        Set (and warned) when the lowest instability is at an end of the K range: the
+        minimum may lie outside it.
     """
 
     table: pd.DataFrame
     best_k: int
     params: dict = field(default_factory=dict)
+    edge_warning: str | None = None
 
 
 def check_stability_input(X, k_range, n_replicates: int, resample: str, matching: str,
@@ -233,36 +332,42 @@ def check_stability_input(X, k_range, n_replicates: int, resample: str, matching
     """Validate a sweep's input (cheap; raises before any fit).
 
     With ``check_values=False`` only the shape, K range, N and options are checked (for data
-    that will be imputed first).
+    that will be imputed first). All-zero observations or genes are allowed: they carry no
+    pattern and get zero weights.
 
     Raises
     ------
+    TypeError
+        ``k_range`` not a sequence of integers (a string, floats), N not an integer.
     ValueError
         K outside [2, min(n_obs, n_genes)], fewer than 2 replicates, non-finite or negative
-        values, all-zero rows or columns, unknown options.
+        values, all-zero data, unknown options.
     """
     X = as_float_matrix(X) if check_values else np.asarray(X)
     for name, value, options in (("resample", resample, RESAMPLING), ("matching", matching, MATCHINGS),
                                  ("similarity", similarity, SIMILARITIES)):
         if value not in options:
             raise ValueError(f"{name} must be one of {options}; got {value!r}.")
-    ks = sorted({int(k) for k in k_range})
+    ks = check_int_sequence(k_range, "k_range")
     k_max = min(X.shape)
-    if not ks or ks[0] < 2 or ks[-1] > k_max:
+    if ks[0] < 2 or ks[-1] > k_max:
         raise ValueError(f"Every K must lie in [2, min(n_obs, n_genes)] = [2, {k_max}]; got {ks[:3]}…{ks[-3:]}.")
-    if int(n_replicates) < 2:
+    if check_int(n_replicates, "n_replicates") < 2:
         raise ValueError(f"The instability compares replicates: n_replicates must be >= 2; got {n_replicates}.")
-    if not check_values:
-        return X, ks
-    zero_rows = np.flatnonzero(~X.any(axis=1))
-    zero_cols = np.flatnonzero(~X.any(axis=0))
-    if zero_rows.size or zero_cols.size:
-        raise ValueError(
-            f"X has {zero_rows.size} all-zero observation(s) and {zero_cols.size} all-zero gene(s) "
-            f"(e.g. rows {zero_rows[:5].tolist()}, columns {zero_cols[:5].tolist()}); remove them first "
-            "(they carry no pattern and make the similarity undefined)."
-        )
+    if check_values and not X.any():
+        raise ValueError("X is all zeros: there is no expression to factorize.")
     return X, ks
+
+
+def sweep_memory(shape: tuple[int, int], ks: list[int], n_replicates: int, batch_size: int) -> int:
+    """Estimated peak bytes of a local sweep: X in float32 twice (and its transpose), one K's
+    dictionaries (N n_obs K float32, kept until scored), the pair similarities of one
+    replicate against the others (N K^2 float64) and one batch's factors and products.
+    """
+    n, m = shape
+    k = max(ks)
+    b = min(batch_size, n_replicates)
+    return int(2 * n * m * 4 + n_replicates * n * k * 4 + n_replicates * k * k * 8 + 10 * b * (n + m) * (k + 10) * 4)
 
 
 def iter_stability(
@@ -273,7 +378,7 @@ def iter_stability(
     resample: str = "genes",
     matching: str = "hungarian",
     similarity: str = "cosine",
-    seed: int = 0,
+    random_state: int = 0,
     batch_size: int = 25,
     max_iter: int = 200,
     tol: float = 1e-4,
@@ -297,15 +402,15 @@ def iter_stability(
         restarts, as Wu et al. 2016).
     matching : {"hungarian", "amari"}
     similarity : {"cosine", "pearson"}
-    seed : int
-        Replicate b uses seed + b for its bootstrap draw (and random init).
+    random_state : int
+        Replicate b uses random_state + b for its bootstrap draw (and random init).
     batch_size : int
         Replicates fitted together (one wide matrix product per pass).
     max_iter, tol : int, float
         Passes and stopping tolerance of the batched solver.
     store : str or Path, optional
         A results folder (:class:`StabilityStore`); finished fits are kept there and a new
-        run with the same data and parameters resumes.
+        run with the same data and parameters resumes (a wider K range reuses them).
     backend : {"local", "dask"}
         Fit batches in this process, or as dask.distributed tasks.
     scheduler : str or dask.distributed.Client, optional
@@ -315,44 +420,69 @@ def iter_stability(
     -------
     Generator yielding :class:`Progress` (``data`` carries each K's score as soon as it is
     known), returning :class:`StabilityResult`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`check_stability_input`; an unknown backend; ``batch_size < 1``.
+    StoreError
+        A store that cannot be used (see :class:`StabilityStore`).
+    napari_spatial_nmf.core._memory.MemoryLimitError
+        A sweep whose memory estimate (:func:`sweep_memory`) exceeds the limit.
     """
     if backend not in ("local", "dask"):
         raise ValueError(f"backend must be 'local' or 'dask'; got {backend!r}.")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1; got {batch_size}.")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    random_state = check_int(random_state, "random_state", minimum=0)
     X, ks = check_stability_input(X, k_range, n_replicates, resample, matching, similarity)
-    params = {"k_range": ks, "n_replicates": int(n_replicates), "resample": resample, "matching": matching,
-              "similarity": similarity, "seed": int(seed), "batch_size": int(batch_size),
-              "max_iter": int(max_iter), "tol": float(tol),
+    n_replicates = int(n_replicates)
+    check_memory(sweep_memory(X.shape, ks, n_replicates, batch_size),
+                 f"a sweep of {n_replicates:,} replicates per K up to K = {max(ks)} on {X.shape[0]:,} x {X.shape[1]:,}",
+                 "Use fewer replicates (staNMF uses 100), a smaller batch_size or fewer observations.")
+    params = {"k_range": ks, "n_replicates": n_replicates, "resample": resample, "matching": matching,
+              "similarity": similarity, "random_state": random_state, "batch_size": batch_size,
+              "max_iter": max_iter, "tol": float(tol),
               "solver": "scikit-learn CD (HALS) iterations, replicates batched, float32 products"}
-    fit_params = {k: params[k] for k in ("resample", "seed", "max_iter", "tol", "batch_size",
-                                         "n_replicates", "k_range")}
+    fit_params = {k: params[k] for k in ("resample", "random_state", "max_iter", "tol", "batch_size",
+                                         "n_replicates")}
     st = StabilityStore(store, fit_params, fingerprint(X)) if store is not None else None
-    return _sweep(X, ks, int(n_replicates), params, st, backend, scheduler)
+    return _sweep(X, ks, n_replicates, params, st, backend, scheduler)
 
 
 def _batches(n_replicates: int, batch_size: int) -> list[list[int]]:
     return [list(range(s, min(s + batch_size, n_replicates))) for s in range(0, n_replicates, batch_size)]
 
 
-def _run_batch(X, k, reps, resample, seed, max_iter, tol):
+def _run_batch(X, k, reps, resample, random_state, max_iter, tol):
     """One (K, batch) task: plain function, so dask can ship it (drains the generator)."""
     from ._progress import drain
 
-    res = drain(fit_replicates(X, k, reps, resample=resample, seed=seed, max_iter=max_iter, tol=tol))
+    res = drain(fit_replicates(X, k, reps, resample=resample, random_state=random_state, max_iter=max_iter,
+                               tol=tol))
     return k, reps, res.W, res.objective, res.n_iter
 
 
 def _sweep(X, ks, N, params, store, backend, scheduler):
+    try:
+        return (yield from _sweep_steps(X, ks, N, params, store, backend, scheduler))
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _sweep_steps(X, ks, N, params, store, backend, scheduler):
     batches = _batches(N, params["batch_size"])
     total = len(ks) * N
     dicts: dict[int, dict[int, np.ndarray]] = {k: {} for k in ks}
     todo = []
     for k in ks:
         for reps in batches:
+            loaded = {}
             if store is not None and all(store.has(k, b) for b in reps):
-                for b in reps:
-                    dicts[k][b] = store.load(k, b)
+                loaded = {b: store.load(k, b, X.shape[0]) for b in reps}
+            if loaded and all(v is not None for v in loaded.values()):
+                dicts[k].update(loaded)
             else:
                 todo.append((k, reps))
     done = total - sum(len(r) for _, r in todo)
@@ -371,6 +501,7 @@ def _sweep(X, ks, N, params, store, backend, scheduler):
             return None
         g, s = instability(np.stack([dicts[k][b] for b in range(N)]), matching=params["matching"],
                            similarity=params["similarity"])
+        dicts[k] = {}  # scored: the dictionaries are no longer needed here (the store keeps them)
         rows[k] = (g, s)
         return Progress(done, total, f"K={k}: instability {g:.4f} ± {s:.4f}", {"k": k, "instability": g, "sd": s})
 
@@ -381,7 +512,7 @@ def _sweep(X, ks, N, params, store, backend, scheduler):
     yield Progress(done, total, f"{done}/{total} fits already in the store" if done else "starting")
     if backend == "local":
         for k, reps in todo:
-            gen = fit_replicates(X, k, reps, resample=params["resample"], seed=params["seed"],
+            gen = fit_replicates(X, k, reps, resample=params["resample"], random_state=params["random_state"],
                                  max_iter=params["max_iter"], tol=params["tol"])
             res = yield from relay(gen, lambda p, k=k, reps=reps: Progress(
                 done, total, f"K={k}, replicates {reps[0]}–{reps[-1]}: {p.message}"))
@@ -392,7 +523,13 @@ def _sweep(X, ks, N, params, store, backend, scheduler):
         yield from _dask_sweep(X, todo, params, scheduler, finish, score, lambda: (done, total))
     table = pd.DataFrame([{"k": k, "instability": rows[k][0], "sd": rows[k][1], "n_replicates": N} for k in ks])
     best = int(table.loc[table["instability"].idxmin(), "k"])
-    return StabilityResult(table, best, params)
+    edge = None
+    if len(ks) > 1 and best in (ks[0], ks[-1]):
+        side = "smaller" if best == ks[0] else "larger"
+        edge = (f"The lowest instability is at K = {best}, the {'lower' if side == 'smaller' else 'upper'} end of "
+                f"the range {ks[0]}–{ks[-1]}: the minimum may lie outside it. Extend the range to {side} K.")
+        warnings.warn(edge, UserWarning, stacklevel=2)
+    return StabilityResult(table, best, params, edge)
 
 
 def _dask_sweep(X, todo, params, scheduler, finish, score, counts):
@@ -409,8 +546,8 @@ def _dask_sweep(X, todo, params, scheduler, finish, score, counts):
         client = own = Client(cluster)
     try:
         Xf = client.scatter(X, broadcast=True)
-        futures = [client.submit(_run_batch, Xf, k, reps, params["resample"], params["seed"], params["max_iter"],
-                                 params["tol"], pure=False) for k, reps in todo]
+        futures = [client.submit(_run_batch, Xf, k, reps, params["resample"], params["random_state"],
+                                 params["max_iter"], params["tol"], pure=False) for k, reps in todo]
         try:
             for fut in as_completed(futures):
                 k, reps, W, obj, n_iter = fut.result()

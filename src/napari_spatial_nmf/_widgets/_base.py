@@ -1,0 +1,92 @@
+"""What every dock shares: a scrollable page that fits a laptop screen, napari's
+``reset_choices`` convention, a legend for categorical colours, and a message line.
+"""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+
+from ..results import REGISTRY
+
+DOCK_MIN_WIDTH = 340
+
+
+def is_deleted(obj) -> bool:
+    """True once Qt has deleted the C++ side of a widget (its Python object may live on)."""
+    try:
+        from qtpy import sip
+    except ImportError:  # PySide
+        import shiboken6
+
+        return not shiboken6.isValid(obj)
+    return sip.isdeleted(obj)
+
+
+class Dock(QScrollArea):
+    """A dock page inside a vertical scroll area, so it fits any screen height.
+
+    napari connects ``reset_choices`` to its layer-list events when the dock is added and
+    disconnects it when the dock is removed; subclasses keep their combo boxes in
+    ``self.form`` (a magicgui Container) and never connect to the viewer themselves.
+    """
+
+    def __init__(self, napari_viewer, header: str = ""):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setMinimumWidth(DOCK_MIN_WIDTH)
+        self.page = QWidget()
+        self.layout_ = QVBoxLayout(self.page)
+        self.layout_.setContentsMargins(6, 6, 6, 6)
+        if header:
+            intro = QLabel(header)
+            intro.setWordWrap(True)
+            intro.setStyleSheet("color: #a0a0a0;")
+            self.layout_.addWidget(intro)
+        self.setWidget(self.page)
+        self.form = None
+
+    def add(self, widget) -> None:
+        self.layout_.addWidget(getattr(widget, "native", widget))
+
+    def reset_choices(self, _event=None) -> None:
+        """Refresh the layer choices (napari calls this when layers change)."""
+        if is_deleted(self):
+            return
+        REGISTRY.retain(self.viewer.layers)
+        if self.form is not None:
+            self.form.reset_choices()
+
+
+class Legend(QWidget):
+    """Colour swatches with names, for categorical layers (domains, factors, regions)."""
+
+    def __init__(self, columns: int = 3):
+        super().__init__()
+        self.columns = columns
+        self.grid = QGridLayout(self)
+        self.grid.setContentsMargins(0, 0, 0, 0)
+        self.grid.setHorizontalSpacing(10)
+        self.grid.setVerticalSpacing(2)
+        self.title = ""
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+
+    def set_colors(self, colors: dict[str, str], title: str = "") -> None:
+        """Show ``{name: colour}``."""
+        while self.grid.count():
+            self.grid.takeAt(0).widget().deleteLater()
+        self.title = title
+        if title:
+            self.grid.addWidget(QLabel(f"<b>{title}</b>"), 0, 0, 1, self.columns)
+        for i, (name, color) in enumerate(colors.items()):
+            label = QLabel(f'<span style="color:{color}; font-size:14px;">■</span> {name}')
+            self.grid.addWidget(label, 1 + i // self.columns, i % self.columns)
+
+    @property
+    def entries(self) -> list[str]:
+        """The names shown, in order."""
+        items = [self.grid.itemAt(i).widget().text() for i in range(self.grid.count())]
+        return [t.split("</span> ", 1)[1] for t in items if "</span> " in t]
