@@ -650,6 +650,9 @@ def iter_fit_nnmf(
         initial = 0
     total = initial * small_iter + max_iter
     step = 0
+    if not _kernels_ready(K):
+        yield Progress(step, total, "preparing the NNMF kernels (compiled on first use, then cached; ~10 s)")
+        _warm_up(K)
     best = None
     initial_gkl = []
     for s in range(initial):
@@ -717,6 +720,21 @@ def iter_fit_nnmf(
         W = back
     return NNMFResult(W, H, final, np.asarray(trace, dtype=np.float64).reshape(-1, 2), t + 1,
                       stop_reason != "max_iter", stop_reason, initial_gkl)
+
+
+def _kernels_ready(K: int) -> bool:
+    """True when this process already has the compiled kernels for K."""
+    return bool(_numerator_kernel(_padded_width(K)).signatures and _smooth.signatures and _gkl_nonzero.signatures)
+
+
+def _warm_up(K: int) -> None:
+    """Compile (or load from numba's cache) the kernels on a tiny problem."""
+    X = sp.csr_matrix(np.ones((2, 2)))
+    W, Ht = np.ones((2, K)), np.ones((2, K))
+    _w_step(X.indptr, X.indices, X.data, W, Ht)
+    _h_numerator(X.indptr, X.indices, X.data, W, Ht, 1)
+    _smooth(X.indptr, X.indices, X.data, W, 1)
+    _gkl_nonzero(X.indptr, X.indices, X.data, W, Ht, GKL_DELTA)
 
 
 def _warm_iter(X, W, Ht):

@@ -128,7 +128,7 @@ class Ontology:
         if not isinstance(obj, list) or not all(isinstance(o, dict) for o in obj):
             raise ValueError("A json ontology must be a list of structures or Allen's structure graph.")
         rows = []
-        stack = list(obj)
+        stack = list(reversed(obj))  # depth-first in the file's order (the ontology's own order)
         while stack:
             s = stack.pop()
             parent = s.get("parent_structure_id", s.get("parent_id"))
@@ -142,7 +142,7 @@ class Ontology:
                              "parent_id": parent, "color": color})
             except KeyError as exc:
                 raise ValueError(f"A structure in the json ontology lacks the field {exc}.") from exc
-            stack.extend(s.get("children", []) or [])
+            stack.extend(reversed(s.get("children", []) or []))
         return cls(pd.DataFrame(rows))
 
     # ------------------------------------------------------------------ queries

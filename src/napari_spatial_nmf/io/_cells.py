@@ -105,7 +105,8 @@ def read_spatialdata(path, *, table: str | None = None, coordinate_system: str =
         A SpatialData ``.zarr`` store (spatialdata-io writes Xenium, MERSCOPE, Visium HD,
         CosMx data as these).
     table : str, optional
-        Which table (default: the only one).
+        Which table (default: the only one, or the one named "table" as spatialdata-io
+        writes it).
     coordinate_system : str
         The coordinate system of the centroids.
     unit : str, optional
@@ -132,6 +133,8 @@ def read_spatialdata(path, *, table: str | None = None, coordinate_system: str =
     if not names:
         raise ValueError(f"The SpatialData store {path.name} has no table of cells.")
     if table is None:
+        if len(names) > 1 and "table" in names:
+            names = ["table"]
         if len(names) > 1:
             raise ValueError(f"The SpatialData store {path.name} has several tables {names}: choose one with table=.")
         table = names[0]
