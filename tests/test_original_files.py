@@ -6,6 +6,8 @@ import pytest
 from napari_spatial_nmf import io
 from napari_spatial_nmf._layers import cells_layer
 
+pytestmark = pytest.mark.shared_data
+
 
 def test_bdgp_original_csv_equals_shipped_sample(shared_data, bdgp):
     d = shared_data / "drosophila_bdgp_stanmf"

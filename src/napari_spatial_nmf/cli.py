@@ -6,6 +6,8 @@ Commands:
   run         NMF of gene volumes or cells, with atlas region read-outs
   stability   choose K by staNMF (bootstrap instability), then fit the final model
   nnmf        neighbourhood NMF of a cell point cloud (spatial gene programs)
+  integrate   integrate several sections into shared spatial factors (INSPIRE or joint
+              NNMF); rebuild 3D tissue from serial sections
 
 Every command writes one complete set of files to --out (refusing a non-empty folder
 unless --overwrite) and prints a JSON summary that lists them. Exit status: 0 on success,
@@ -200,6 +202,28 @@ def _nnmf(args) -> int:
     return 0
 
 
+def _integrate(args) -> int:
+    from . import io, pipeline
+
+    if bool(args.sections) == bool(args.cells):
+        raise ValueError("Give either --sections (one file per section) or --cells with --section-key.")
+    if args.sections:
+        data = [io.read_cells(p) for p in args.sections]
+        names = args.section_names or [Path(p).name.split(".")[0] for p in args.sections]
+    else:
+        if not args.section_key:
+            raise ValueError("--cells needs --section-key (the obs column naming each cell's section).")
+        data, names = io.read_cells(args.cells), None
+    _, summary = pipeline.run_integration(
+        data, args.k, args.out, method=args.method, section_key=args.section_key, section_names=names,
+        n_steps=args.steps, variant=args.variant, n_hvgs=args.n_hvgs or None, max_iter=args.max_iter,
+        random_state=args.random_state, label_key=args.label_key, n_domains=args.n_domains,
+        reconstruct=args.reconstruct_3d, spacing=args.spacing if len(args.spacing) > 1 else args.spacing[0],
+        um_per_unit=args.um_per_unit, overwrite=args.overwrite, progress=_progress(args))
+    _print_summary(summary)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, *, k: bool = True) -> None:
     if k:
         p.add_argument("-k", "--k", type=int, required=True, help="number of principal patterns / factors K")
@@ -268,6 +292,31 @@ def parser() -> argparse.ArgumentParser:
     nn.add_argument("--max-iter", type=int, default=1000, help="maximum iterations (default 1000, as the R package)")
     nn.add_argument("--keep-empty-cells", action="store_true",
                     help="refuse cells with no counts or repeated coordinates instead of leaving them out")
+    ig = sub.add_parser("integrate", help="integrate sections into shared spatial factors; rebuild 3D")
+    ig.add_argument("--sections", nargs="+", metavar="FILE",
+                    help="one .h5ad (raw counts, coordinates) per section, in order (the adversarial chain's and "
+                         "the 3D stack's)")
+    ig.add_argument("--section-names", nargs="+", metavar="NAME", help="names of the sections (default: file names)")
+    ig.add_argument("--cells", metavar="FILE", help="one .h5ad holding all sections (with --section-key)")
+    ig.add_argument("--section-key", help="obs column naming each cell's section")
+    _common(ig)
+    ig.add_argument("--method", choices=["inspire", "joint_nnmf"], default="inspire",
+                    help="INSPIRE (PyTorch, the integration extra) or joint neighbourhood NMF with per-section gene "
+                         "scaling (CPU, no deep learning); default inspire")
+    ig.add_argument("--steps", type=int, default=2000, help="INSPIRE training steps (default 2000)")
+    ig.add_argument("--variant", choices=["auto", "gat", "lgcn"], default="auto",
+                    help="INSPIRE encoder: graph attention (whole sections) or LGCN (minibatches); default auto")
+    ig.add_argument("--n-hvgs", type=int, default=3000,
+                    help="highly variable genes per section; the model uses their intersection (0: all shared genes)")
+    ig.add_argument("--max-iter", type=int, default=1000, help="joint NNMF iterations at most (default 1000)")
+    ig.add_argument("--label-key", help="obs column of expert labels: cluster domains and report ARI / NMI / ASW")
+    ig.add_argument("--n-domains", type=int, help="domains to cluster (default: the number of labels)")
+    ig.add_argument("--reconstruct-3d", action="store_true",
+                    help="align adjacent sections rigidly and stack them into one 3D point cloud")
+    ig.add_argument("--spacing", type=float, nargs="+", default=[10.0],
+                    help="distance between consecutive sections in µm (one value, or one per gap; default 10)")
+    ig.add_argument("--um-per-unit", type=float,
+                    help="µm per coordinate unit, if the coordinates are not in µm (e.g. 16.2 for DLPFC Visium)")
     return ap
 
 
@@ -280,7 +329,8 @@ def main(argv=None) -> int:
             if not args.headless and _has_display():
                 return _demo_gui()
             return _demo_headless(args.out, args.overwrite)
-        return {"run": _run, "stability": _stability, "nnmf": _nnmf}[args.command](args)
+        return {"run": _run, "stability": _stability, "nnmf": _nnmf,
+                "integrate": _integrate}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, KeyError, PermissionError, ImportError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"napari-spatial-nmf: error: {msg}", file=sys.stderr)

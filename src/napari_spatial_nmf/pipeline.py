@@ -401,3 +401,83 @@ def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None
         _write_result(folder, res, "nnmf", "nnmf_signatures")
         summary = _summary(folder, summary)
     return res, summary
+
+
+def program_table(adata: ad.AnnData, key: str = "integration", n_top: int = 20) -> pd.DataFrame:
+    """Top genes of each gene program with INSPIRE's loading and NNMF's specificity score.
+
+    Columns ``factor, rank, gene, loading`` (the program's share of the gene) and ``score``
+    (:func:`napari_spatial_nmf.core.nnmf.top_features`: high when the gene loads on this
+    program and not the others); genes ranked by the score.
+    """
+    from .core.nnmf import top_features
+    from .tl._scores import programs_of
+
+    P = programs_of(adata, key)
+    S = top_features(P)
+    names = adata.uns[key].get("factor_names", [f"F{i + 1}" for i in range(P.shape[0])])
+    rows = []
+    for k, name in enumerate(names):
+        for r, g in enumerate(np.argsort(-S[k], kind="stable")[:n_top]):
+            rows.append((name, r + 1, str(adata.var_names[g]), float(P[k, g]), float(S[k, g])))
+    return pd.DataFrame(rows, columns=["factor", "rank", "gene", "loading", "score"])
+
+
+def run_integration(sections, n_factors: int, out, *, label_key: str | None = None, n_domains: int | None = None,
+                    reconstruct: bool = False, spacing=10.0, um_per_unit: float | None = None,
+                    overwrite: bool = False, progress: ProgressCallback = None, **kwargs) -> tuple[ad.AnnData, dict]:
+    """Integrate sections (:func:`napari_spatial_nmf.tl.integrate`) and write the results.
+
+    Files: ``result.h5ad`` (all sections, factors, programs, γ), ``programs.csv`` (top
+    genes per factor), ``cells.csv`` (section, factor, domain per cell), ``factors.png``
+    (each factor over the sections side by side), ``losses.csv`` (INSPIRE), with labels
+    ``scores.csv`` (per-section ARI / NMI / ASW) and ``domains.png``, with
+    ``reconstruct=True`` ``registration.csv`` and ``cells_3d.csv``, and ``summary.json``.
+
+    Returns
+    -------
+    (AnnData, dict)
+        The integrated AnnData and the summary.
+    """
+    gen = tl.iter_integrate(sections, n_factors, **kwargs)
+    with OutputFolder(out, overwrite=overwrite) as folder:
+        res = drain(gen, progress)
+        rec = res.uns["integration"]
+        summary = {"method": rec["method"], "n_cells": res.n_obs, "n_shared_genes": res.n_vars,
+                   "sections": list(rec["sections"]), "n_factors": n_factors, "qc": rec["qc"],
+                   "random_state": rec["params"]["random_state"]}
+        basis = "latent" if "X_integration_latent" in res.obsm else "factors"
+        if label_key is not None:
+            n = n_domains or res.obs[label_key].nunique()
+            tl.cluster_domains(res, n, basis=basis)
+            scores = tl.integration_scores(res, label_key, domain_key="integration_domain", basis=basis)
+            scores.to_csv(folder.path("scores.csv"), index=False)
+            summary["scores"] = scores.set_index("section")[["ari", "nmi"]].round(4).to_dict(orient="index")
+            fig = pl._figure((3.2 * len(rec["sections"]), 6.6), False)
+            axes = fig.subplots(2, len(rec["sections"]), squeeze=False)
+            for j, s in enumerate(rec["sections"]):
+                sub = res[(res.obs["section"] == s).to_numpy()]
+                pl.domains(sub, "integration_domain", ax=axes[0, j], title=f"{s}: domains ({basis})")
+                pl.domains(sub, label_key, ax=axes[1, j], title=f"{s}: {label_key}")
+            fig.savefig(folder.path("domains.png"), dpi=pl.DPI, bbox_inches="tight")
+        summary["factor_scores"] = tl.factor_scores(res)
+        program_table(res).to_csv(folder.path("programs.csv"), index=False)
+        cells = pd.DataFrame({"section": res.obs["section"].astype(str), "factor": res.obs["integration_factor"]},
+                             index=res.obs_names)
+        if "integration_domain" in res.obs:
+            cells["domain"] = res.obs["integration_domain"].astype(str)
+        cells.to_csv(folder.path("cells.csv"))
+        if "losses" in rec:
+            rec["losses"].to_csv(folder.path("losses.csv"), index=False)
+        pl.cell_patterns(res, "integration", basis="spatial_layout", names=list(rec["factor_names"]), ncols=2,
+                         title=f"{rec['method']}: spatial factors (share of each cell), sections side by side",
+                         save=folder.path("factors.png"))
+        if reconstruct:
+            table = tl.reconstruct_3d(res, spacing=spacing, um_per_unit=um_per_unit)
+            table.to_csv(folder.path("registration.csv"), index=False)
+            pd.DataFrame(res.obsm["spatial_3d"], index=res.obs_names, columns=["x_um", "y_um", "z_um"]).assign(
+                section=res.obs["section"].astype(str).to_numpy()).to_csv(folder.path("cells_3d.csv"))
+            summary["registration"] = table.round(3).to_dict(orient="records")
+        res.write_h5ad(folder.path("result.h5ad"), compression="gzip")
+        summary = _summary(folder, summary)
+    return res, summary

@@ -32,6 +32,7 @@ from ._atlas import (
     store_osnmf_suite,
 )
 from ._common import pattern_names, signature_names
+from ._integrate import factor_names, integrate, iter_integrate
 from ._nmf import check_nmf_input, impute_knn, iter_impute_knn, iter_nmf, nmf
 from ._nnmf import (
     estimate_lengthscale,
@@ -42,16 +43,24 @@ from ._nnmf import (
     spatial_unit,
     spatially_variable_genes,
 )
+from ._reconstruct import reconstruct_3d
+from ._scores import cluster_domains, factor_scores, integration_scores
 from ._stability import iter_stability, stability
 
 __all__ = [
     "check_nmf_input",
+    "cluster_domains",
     "coexpression_networks",
     "estimate_lengthscale",
+    "factor_names",
+    "factor_scores",
     "imputation_holdout",
     "impute_knn",
+    "integrate",
+    "integration_scores",
     "iter_estimate_lengthscale",
     "iter_impute_knn",
+    "iter_integrate",
     "iter_nmf",
     "iter_nnmf",
     "iter_osnmf_suite",
@@ -65,6 +74,7 @@ __all__ = [
     "osnmf_suite",
     "pattern_names",
     "pca_baseline",
+    "reconstruct_3d",
     "reconstruction_accuracy",
     "region_combinations",
     "region_correlation",

@@ -1,0 +1,178 @@
+"""Joint neighbourhood NMF of several sections with per-section gene scaling (no deep learning).
+
+The generative core of INSPIRE is a Poisson NMF, x_ig ~ Poisson(l_i (β_i B)_g e^{γ_sg})
+(methods-digest §3.8). This fits that model without the neural networks, with the
+neighbourhood smoothing of NNMF (Laursen et al. 2026) as the spatial prior:
+
+    X_s ~ W_s H diag(c_s)    for every section s,
+
+with signatures H (K x G) shared by all sections, cell weights W_s, and a per-section gene
+scaling c_s = e^{γ_s} (c_0 = 1 for identifiability) that absorbs gene-wise platform or
+batch effects. Each iteration, in NNMF's order (:mod:`.nnmf`):
+
+1. W step: W_ik <- W_ik [sum_g H_kg c_sg x_ig / mu_ig] / [sum_g H_kg c_sg];
+2. H step: H_kg <- H_kg [sum_s c_sg sum_i W_ik x_ig / mu_ig] / [sum_s c_sg sum_i W_ik], then the
+   signatures are scaled to sum 1 and the scale moves into W;
+3. W step, then each cell's proportions are smoothed over its neighbours within its own
+   section (the block-diagonal NNMF kernel: cells of different sections are never neighbours);
+4. γ step, closed form: c_sg = sum_{i in s} x_ig / sum_{i in s} (W_s H)_ig for s >= 1.
+
+Steps 1, 2 and 4 are the exact KL majorisation steps (Lee & Seung 2001; the denominators are
+kept because with c_s != 1 they are no longer 1, unlike single-section NNMF), so only the
+smoothing can raise the divergence. Stopping: NNMF's relative-change rule on its absolute
+value, |2 (D_old - D_new) / (0.1 + |2 D_new|)| < tol. NNMF also stops at the first rise; here
+the divergence may rise for many iterations while the smoothed fit moves towards its fixed
+point (smoothing and the majorisation steps pull in different directions), so a rise does
+not stop it. The pass kernels are NNMF's compiled kernels, called per section with H
+scaled by c_s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import nnmf as _nn
+from ._progress import Progress
+
+
+@dataclass
+class JointResult:
+    """A fitted joint NNMF.
+
+    Attributes
+    ----------
+    weights : numpy.ndarray, (n_cells, K)
+        Cell weights; each row sums to about the cell's normalised total.
+    signatures : numpy.ndarray, (K, G)
+        Gene programs shared by all sections, rows sum to 1.
+    gamma : numpy.ndarray, (n_sections, G)
+        log of the per-section gene scaling (row 0 is 0).
+    gkl : float
+        Final generalized KL divergence.
+    trace : numpy.ndarray, (m, 2)
+        (iteration, GKL) at every check.
+    n_iter : int
+        Iterations run.
+    stop_reason : str
+        "tol" or "max_iter".
+    """
+
+    weights: np.ndarray
+    signatures: np.ndarray
+    gamma: np.ndarray
+    gkl: float
+    trace: np.ndarray
+    n_iter: int
+    stop_reason: str
+
+
+def _w_update(Xs, Ws, Ht, c):
+    """In place: the KL W step of each section with its scaled signatures."""
+    for X, W, cs in zip(Xs, Ws, c):
+        Hc = np.ascontiguousarray(Ht * cs[:, None])
+        _nn._w_step(X.indptr, X.indices, X.data, W, Hc)
+        W /= Hc.sum(axis=0)[None, :]
+        _nn._clamp(W)
+
+
+def _h_update(Xs, Ws, Ht, c):
+    num = np.zeros_like(Ht)
+    den = np.zeros_like(Ht)
+    for X, W, cs in zip(Xs, Ws, c):
+        Hc = np.ascontiguousarray(Ht * cs[:, None])
+        num += cs[:, None] * _nn._h_numerator(X.indptr, X.indices, X.data, W, Hc, _nn._n_chunks())
+        den += cs[:, None] * W.sum(axis=0)[None, :]
+    return _nn._clamp(Ht * num / np.maximum(den, _nn.CLAMP))
+
+
+def _gkl(Xs, Ws, Ht, c) -> float:
+    return sum(_nn.gkl(X, W, np.ascontiguousarray(Ht * cs[:, None])) for X, W, cs in zip(Xs, Ws, c))
+
+
+def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components: int, S: sp.csr_matrix | None = None,
+                   *, max_iter: int = 1000, tol: float = 1e-7, initial: int = 3, small_iter: int = 50,
+                   error_freq: int = 10, fit_gamma: bool = True, random_state: int | None = 0
+                   ) -> Generator[Progress, None, JointResult]:
+    """Fit joint NNMF; one :class:`Progress` per iteration.
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix, (n_cells, G) float64
+        All sections' counts (already normalised if wanted), rows grouped by section.
+    bounds : list of (start, stop)
+        Each section's rows.
+    n_components : int
+        K.
+    S : scipy.sparse.csr_matrix, (n_cells, n_cells), optional
+        Block-diagonal row-stochastic kernel (:func:`.nnmf.spatial_kernel` with the
+        sections as groups); None fits without smoothing.
+    max_iter, tol, initial, small_iter, error_freq
+        As :func:`.nnmf.iter_fit_nnmf`, but ``tol`` bounds the absolute relative change
+        (default 1e-7).
+    fit_gamma : bool
+        Fit the per-section gene scaling (False: c = 1, plain joint NNMF).
+    random_state : int or None
+        Seed of the U(0, 1) starts.
+
+    Returns
+    -------
+    Generator yielding :class:`Progress`, returning :class:`JointResult`.
+    """
+    n, G = X.shape
+    K = int(n_components)
+    rng = np.random.default_rng(random_state)
+    Xs = [X[a:b] for a, b in bounds]
+    col_sums = [np.asarray(x.sum(axis=0)).ravel() for x in Xs]
+    c = np.ones((len(bounds), G))
+    total = initial * small_iter + max_iter
+    step = 0
+    if not _nn._kernels_ready(K):
+        yield Progress(step, total, "preparing the NNMF kernels (compiled on first use, then cached; ~10 s)")
+        _nn._warm_up(K)
+    best = None
+    for s in range(max(initial, 1)):
+        W, Ht = _nn._random_start(n, G, K, rng)
+        Ws = [W[a:b] for a, b in bounds]
+        for _ in range(small_iter if initial else 0):
+            _w_update(Xs, Ws, Ht, c)
+            Ht = _h_update(Xs, Ws, Ht, c)
+            step += 1
+            yield Progress(step, total, f"start {s + 1}/{initial}")
+        d = _gkl(Xs, Ws, Ht, c)
+        if best is None or d < best[0]:
+            best = (d, W, Ht)
+    _, W, Ht = best
+    Ws = [W[a:b] for a, b in bounds]
+    trace, old, stop_reason, t = [], np.inf, "max_iter", 0
+    for t in range(max_iter):
+        _w_update(Xs, Ws, Ht, c)  # (1)
+        Ht = _h_update(Xs, Ws, Ht, c)  # (2)
+        r = Ht.sum(axis=0)
+        Ht /= r[None, :]
+        W *= r[None, :]
+        _w_update(Xs, Ws, Ht, c)  # (3)
+        if fit_gamma:  # (4): closed form on the unsmoothed fit, the first section fixed at 1
+            for s in range(1, len(bounds)):
+                c[s] = np.maximum(col_sums[s] / np.maximum(Ws[s].sum(axis=0) @ Ht.T, _nn.CLAMP), _nn.CLAMP)
+        if S is not None:
+            _nn._smooth(S.indptr, S.indices, S.data, W, _nn._N_CHUNKS)
+            _nn._clamp(W)
+        step += 1
+        msg = f"iteration {t + 1}"
+        if t % error_freq == 0:
+            new = _gkl(Xs, Ws, Ht, c)
+            trace.append((t, new))
+            msg += f", GKL {new:.6g}"
+            if t > error_freq and abs(2 * (old - new) / (0.1 + abs(2 * new))) < tol:
+                stop_reason = "tol"
+                yield Progress(step, total, msg + " (converged)")
+                break
+            old = new
+        yield Progress(step, total, msg)
+    H = Ht.T.copy()
+    return JointResult(W, H, np.log(c), _gkl(Xs, Ws, Ht, c), np.asarray(trace, float).reshape(-1, 2), t + 1,
+                       stop_reason)
