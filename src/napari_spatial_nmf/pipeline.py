@@ -75,9 +75,13 @@ class OutputFolder:
         if not os.access(existing, os.W_OK):
             raise PermissionError(f"Cannot write the output folder {self.out}: {existing} is not writable. "
                                   "Choose a folder you can write to.")
-        parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise PermissionError(f"Cannot write the output folder {self.out} ({exc.strerror}). Choose a folder you "
+                                  "can write to.") from None
         return self
 
     def path(self, name: str, what: str | None = None) -> Path:

@@ -101,13 +101,24 @@ class Ontology:
             raise FileNotFoundError(f"Ontology file not found: {path}")
         name = path.name.lower()
         if name.endswith(".json"):
-            return cls.from_json(json.loads(path.read_text()))
+            try:
+                obj = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ValueError(f"The ontology {path} is not valid JSON ({exc}); use Allen's structure graph, a "
+                                 "BrainGlobe structures.json, or a structure csv.") from None
+            try:
+                return cls.from_json(obj)
+            except ValueError as exc:
+                raise ValueError(f"The ontology {path}: {exc}") from None
         if name.endswith((".csv", ".csv.gz", ".tsv")):
             try:
                 df = pd.read_csv(path, sep="\t" if name.endswith(".tsv") else ",")
             except Exception as exc:  # pandas raises many types for malformed text
                 raise ValueError(f"Could not read {path} as a csv ontology: {exc}") from exc
-            return cls.from_allen_table(df)
+            try:
+                return cls.from_allen_table(df)
+            except ValueError as exc:
+                raise ValueError(f"The ontology {path}: {exc}") from None
         raise ValueError(f"Unknown ontology format for {path.name}: use an Allen .csv or a .json file.")
 
     @classmethod

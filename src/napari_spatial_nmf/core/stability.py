@@ -194,6 +194,7 @@ class StabilityStore:
     """
 
     def __init__(self, path, params: dict, data_fingerprint: str):
+        self._lock = None
         self.path = Path(path)
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"The results store {self.path} is a file, not a folder: choose a folder path.")

@@ -98,6 +98,10 @@ def _read_allen_zip(path: Path) -> tuple[np.ndarray, tuple[float, ...], str, int
         header, _, raw = _zip_header(zf, path, tmp)
         size, _, ptype, nbytes = _image_info(header)
         expected = int(np.prod(size)) * nbytes
+        if raw.file_size > 100 * 2**20 and raw.file_size > 100 * max(raw.compress_size, 1):
+            raise ValueError(f"{path.name}: {raw.filename} would unpack {raw.compress_size:,} bytes into "
+                             f"{raw.file_size:,} (over 100:1); Allen energy grids compress about 2:1. The zip is not "
+                             "read (it may be damaged or a decompression bomb).")
         if raw.file_size != expected:
             raise ValueError(f"{path.name}: the raw data has {raw.file_size:,} bytes but the header's size {size} x "
                              f"{ptype} needs {expected:,}; the file is truncated or does not belong to this header.")
