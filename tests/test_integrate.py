@@ -10,7 +10,6 @@ from napari_spatial_nmf import datasets, tl
 from napari_spatial_nmf.core import inspire as I
 from napari_spatial_nmf.core import metrics as M
 from napari_spatial_nmf.core import registration as R
-from napari_spatial_nmf.core._progress import drain
 from napari_spatial_nmf.core.sections import prepare_sections
 
 torch = pytest.importorskip("torch", reason="the integration extra (PyTorch) is not installed")

@@ -32,7 +32,8 @@ class IntegrationWidget(Dock):
     with a section column; the result is a new layer of all sections side by side, coloured
     by factor, and a table of each factor's top genes. *Reconstruct 3D* aligns adjacent
     sections in the integrated space and adds them stacked as one 3D Points layer. Inputs are
-    never modified; a cancelled run adds nothing."""
+    never modified; a cancelled run adds nothing.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(napari_viewer, HEADER)
@@ -151,7 +152,8 @@ class IntegrationWidget(Dock):
             return
         adata = self.result.adata
         try:
-            table = tl.reconstruct_3d(adata, spacing=float(self.spacing.value), um_per_unit=float(self.um_per_unit.value))
+            table = tl.reconstruct_3d(adata, spacing=float(self.spacing.value),
+                                      um_per_unit=float(self.um_per_unit.value))
         except (ValueError, KeyError) as exc:
             self.runner.fail(exc)
             return

@@ -27,8 +27,6 @@ from ._atlas import (
     osnmf_suite,
     pca_baseline,
     reconstruction_accuracy,
-    region_combinations,
-    region_correlation,
     store_osnmf_suite,
 )
 from ._common import pattern_names, signature_names
@@ -44,6 +42,7 @@ from ._nnmf import (
     spatially_variable_genes,
 )
 from ._reconstruct import reconstruct_3d
+from ._regions import region_combinations, region_correlation
 from ._scores import cluster_domains, factor_scores, integration_scores
 from ._stability import iter_stability, stability
 
