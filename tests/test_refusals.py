@@ -162,6 +162,11 @@ def _bomb(tmp):
     return lambda: io.read_allen_energy(tmp / "bomb.zip")
 
 
+def _index_without_columns(tmp):
+    (tmp / "idx.csv").write_text("id,gene\n1,Pdyn\n")
+    return lambda: io.read_allen_energy(PDYN, experiment_index=tmp / "idx.csv")
+
+
 def _npz(tmp, name, **arrays):
     np.savez(tmp / name, **arrays)
     return lambda: io.read_image_stack(tmp / name)
@@ -177,9 +182,7 @@ FILE_CASES = [
      "one name per volume"),
     ("voxel size of the wrong length", lambda t: _npz(t, "v.npz", stack=np.zeros((2, 4, 4, 4)),
                                                       voxel_size_um=np.array([1.0, 2.0])), "2 values for a 3-D grid"),
-    ("experiment index without its columns", lambda t: ((t / "idx.csv").write_text("id,gene\n1,Pdyn\n"),
-                                                        lambda: io.read_allen_energy(PDYN, experiment_index=t / "idx.csv"))[1],
-     "lacks the column"),
+    ("experiment index without its columns", lambda t: _index_without_columns(t), "lacks the column"),
     ("malformed ontology JSON", lambda t: ((t / "structures.json").write_text("{not json"),
                                            lambda: Ontology.read(t / "structures.json"))[1], "structures.json"),
     ("atlas id >= 2^32", lambda t: (nrrd.write(str(t / "big.nrrd"), np.full((2, 2, 2), 2**32 + 672, np.int64)),
