@@ -101,9 +101,9 @@ def test_sweep_on_bdgp_resume_and_dask(bdgp, tmp_path):
 
 def test_bad_input(bdgp):
     X = bdgp[1][:60, :80].copy()
-    with pytest.raises(ValueError, match=r"\[2, min\(n_obs, n_genes\)\] = \[2, 60\]"):
+    with pytest.raises(ValueError, match=r"between 2 and 60 \(the number of observations"):
         iter_stability(X, [1, 2], 3)
-    with pytest.raises(ValueError, match=r"\[2, 60\]"):
+    with pytest.raises(ValueError, match=r"between 2 and 60"):
         iter_stability(X, [61], 3)
     with pytest.raises(ValueError, match="n_replicates must be >= 2"):
         iter_stability(X, [2, 3], 1)

@@ -61,9 +61,11 @@ def check_n_components(n_components, n_obs: int, n_vars: int) -> int:
         raise TypeError(f"n_components must be an integer; got {n_components!r}.")
     k_max = min(n_obs, n_vars)
     if not 1 <= n_components <= k_max:
+        limit = (f"the number of genes ({n_vars:,})" if n_vars <= n_obs
+                 else f"the number of observations, voxels or cells ({n_obs:,})")
         raise ValueError(
-            f"n_components={n_components} is out of range: it must be between 1 and "
-            f"min(n_obs, n_genes) = min({n_obs}, {n_vars}) = {k_max}."
+            f"K = {n_components} patterns is out of range: K must be between 1 and {limit}; the data have "
+            f"{n_vars:,} genes and {n_obs:,} observations (min(n_obs, n_genes) = {k_max})."
         )
     return int(n_components)
 

@@ -201,7 +201,9 @@ def check_stability_input(X, k_range, n_replicates: int, resample: str, matching
     ks = check_int_sequence(k_range, "k_range")
     k_max = min(X.shape)
     if ks[0] < 2 or ks[-1] > k_max:
-        raise ValueError(f"Every K must lie in [2, min(n_obs, n_genes)] = [2, {k_max}]; got {ks[:3]}…{ks[-3:]}.")
+        raise ValueError(f"Every K must lie between 2 and {k_max} (the number of "
+                         f"{'genes' if X.shape[1] <= X.shape[0] else 'observations'}: the data have {X.shape[1]:,} "
+                         f"genes and {X.shape[0]:,} observations); got {ks[:3]}…{ks[-3:]}.")
     if check_int(n_replicates, "n_replicates") < 2:
         raise ValueError(f"The instability compares replicates: n_replicates must be >= 2; got {n_replicates}.")
     if check_values and not X.any():
