@@ -8,6 +8,13 @@ neighbours come from scikit-learn (cosine distance, the tutorial's "angular" Ann
 the fit is scikit-image's ``EuclideanTransform`` (Umeyama 1991, no reflection) inside
 ``skimage.measure.ransac``, which drops the pairs whose positions disagree (cells alike in
 expression but far apart, e.g. two stretches of the same cortical layer).
+
+A refinement follows (our addition, in the spirit of iterative closest point): each moving
+cell is paired with the most similar fixed cell (cosine in the embedding) within a radius
+of its current position, the better half of the pairs are refitted, and the radius shrinks
+over the rounds. It uses space and expression together, as PASTE's fused optimal transport
+does, and brings two Ståhl layers from ~0.8 to ~0.6 array units apart
+(``benchmarks/registration_paste.py``).
 """
 
 from __future__ import annotations
@@ -81,9 +88,48 @@ def rigid_fit(moving: np.ndarray, fixed: np.ndarray, *, residual_threshold: floa
     return M[:d, :d], M[:d, d], inliers
 
 
+def refine(moving: np.ndarray, emb_moving: np.ndarray, fixed: np.ndarray, emb_fixed: np.ndarray,
+           rotation: np.ndarray, translation: np.ndarray, *, spacing: float, rounds: int = 10
+           ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Refine a rigid transform by pairing each moving cell with the most similar fixed cell
+    near its current position (radius from 3 to 1 ``spacing``), refitting on the better half.
+
+    Returns
+    -------
+    (R, t, n_pairs) : the refined rotation, translation and the pairs of the last round.
+    """
+    from scipy.spatial import cKDTree
+    from skimage.transform import EuclideanTransform
+
+    def unit(E):
+        E = np.asarray(E, dtype=np.float64)
+        return E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+
+    um, uf = unit(emb_moving), unit(emb_fixed)
+    tree = cKDTree(fixed)
+    R, t, n = rotation, translation, 0
+    for radius in np.linspace(3 * spacing, spacing, rounds):
+        cand = tree.query_ball_point(apply(moving, R, t), radius)
+        i = np.repeat(np.arange(len(cand)), [len(c) for c in cand])
+        if i.size < moving.shape[1] + 1:
+            break
+        j = np.concatenate([np.asarray(c, dtype=np.int64) for c in cand])
+        sim = np.einsum("pd,pd->p", um[i], uf[j])
+        order = np.lexsort((-sim, i))  # per moving cell, its most similar candidate first
+        first = order[np.r_[True, i[order][1:] != i[order][:-1]]]
+        keep = first[sim[first] >= np.median(sim[first])]
+        if keep.size < moving.shape[1] + 1:
+            break
+        fit = EuclideanTransform.from_estimate(moving[i[keep]], fixed[j[keep]])
+        if not fit:
+            break
+        R, t, n = fit.params[:-1, :-1], fit.params[:-1, -1], int(keep.size)
+    return R, t, n
+
+
 def align_pair(coords_moving: np.ndarray, emb_moving: np.ndarray, coords_fixed: np.ndarray, emb_fixed: np.ndarray,
-               *, k: int = 30, max_cells: int = 20_000, residual_threshold: float | None = None,
-               random_state: int = 0) -> dict:
+               *, k: int = 10, max_cells: int = 20_000, residual_threshold: float | None = None,
+               refine_rounds: int = 10, random_state: int = 0) -> dict:
     """The rigid transform aligning one section onto its neighbour, from their embeddings.
 
     Parameters
@@ -97,15 +143,18 @@ def align_pair(coords_moving: np.ndarray, emb_moving: np.ndarray, coords_fixed: 
     max_cells : int
         Cells sampled per section (the tutorial samples 20,000).
     residual_threshold : float, optional
-        RANSAC's inlier distance; default 4 times the typical distance between neighbouring
+        RANSAC's inlier distance; default 1.5 times the typical distance between neighbouring
         cells of the fixed section.
+    refine_rounds : int
+        Rounds of :func:`refine` (0: none).
     random_state : int
         Seed of the sampling and of RANSAC.
 
     Returns
     -------
     dict
-        ``rotation`` (d x d), ``translation`` (d,), ``n_pairs``, ``n_inliers``,
+        ``rotation`` (d x d), ``translation`` (d,), ``n_pairs``, ``n_inliers`` (the MNN pairs
+        and RANSAC's inliers), ``n_refined`` (pairs of the last refinement round),
         ``angle_deg`` (2-D: the rotation angle).
     """
     from scipy.spatial import cKDTree

@@ -43,9 +43,12 @@ def _inputs(sections, section_key, section_names):
         adatas, names = split_sections(sections, section_key)
     elif isinstance(sections, (list, tuple)):
         adatas = list(sections)
-        names = [str(n) for n in section_names] if section_names is not None else [
-            str(a.obs[section_key].iloc[0]) if section_key is not None and section_key in a.obs and a.n_obs
-            else f"section {i + 1}" for i, a in enumerate(adatas)]
+        key = section_key or "section"
+        if section_names is not None:
+            names = [str(n) for n in section_names]
+        else:  # each AnnData's own section label when it has one, else "section i"
+            names = [str(a.obs[key].iloc[0]) if isinstance(a, ad.AnnData) and key in a.obs and a.n_obs
+                     and a.obs[key].nunique() == 1 else f"section {i + 1}" for i, a in enumerate(adatas)]
     else:
         raise TypeError(f"sections must be a list of AnnData or one AnnData with section_key; got "
                         f"{type(sections).__name__}.")
@@ -106,7 +109,8 @@ def iter_integrate(
     section_key : str, optional
         The section column (one AnnData), or where to read each AnnData's name.
     section_names : sequence of str, optional
-        Names of the sections of a list (default ``section_key``'s value or "section i").
+        Names of the sections of a list (default: each AnnData's single value of
+        ``obs[section_key]`` (or ``obs["section"]``), else "section i").
     layer : str, optional
         Counts from this layer.
     spatial_key : str

@@ -13,12 +13,22 @@ from ..core._validation import check_positive
 from ._common import check_adata, store_result
 
 
-def _embedding(adata: ad.AnnData, key: str) -> np.ndarray:
-    for name in (f"X_{key}_latent", f"X_{key}"):
-        if name in adata.obsm:
-            return np.asarray(adata.obsm[name], dtype=np.float64)
-    raise KeyError(f"No integration result {key!r} (obsm[{f'X_{key}_latent'!r}] or obsm[{f'X_{key}'!r}]): run "
-                   "tl.integrate first.")
+def _embedding(adata: ad.AnnData, key: str) -> tuple[np.ndarray, str]:
+    """INSPIRE's latent space if present; else the top 30 principal components of the
+    log-normalised shared genes. (Factor proportions, joint NNMF's only cell embedding, are
+    smoothed over neighbours and too alike between nearby cells to pair cells reliably:
+    measured in ``benchmarks/registration_paste.py``.)
+    """
+    if f"X_{key}_latent" in adata.obsm:
+        return np.asarray(adata.obsm[f"X_{key}_latent"], dtype=np.float64), "latent"
+    if f"X_{key}" not in adata.obsm:
+        raise KeyError(f"No integration result {key!r} (obsm['X_{key}']): run tl.integrate first.")
+    from sklearn.decomposition import PCA
+
+    X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+    L = np.log1p(X / np.maximum(X.sum(axis=1, keepdims=True), 1e-12) * 1e4)
+    n = min(30, L.shape[1] - 1, L.shape[0] - 1)
+    return PCA(n, random_state=0).fit_transform(L), "pca of log-normalised shared genes"
 
 
 def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: str = "section",
@@ -38,7 +48,7 @@ def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: 
         The result of :func:`integrate` (2-D coordinates in ``obsm["spatial"]``).
     key : str
         The integration result; INSPIRE's latent space is used when present, else the
-        factor proportions.
+        principal components of the log-normalised shared genes.
     section_key : str
         Section column.
     order : sequence of str, optional
@@ -85,7 +95,7 @@ def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: 
         else np.asarray(spacing, dtype=float)
     if gaps.shape != (len(order) - 1,) or (gaps < 0).any():
         raise ValueError(f"spacing needs one non-negative value or {len(order) - 1} (one per gap); got {spacing!r}.")
-    E = _embedding(adata, key)
+    E, basis = _embedding(adata, key)
     lab = sections.astype(str).to_numpy()
     masks = [lab == s for s in order]
     aligned = C.copy()
@@ -106,7 +116,7 @@ def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: 
     adata.obsm["spatial_aligned"] = aligned
     store_result(adata, f"{key}_registration", "reconstruct_3d",
                  {"order": order, "spacing_um": [float(g) for g in gaps], "um_per_unit": um_per_unit, "k": k,
-                  "max_cells": max_cells, "random_state": random_state,
+                  "max_cells": max_cells, "random_state": random_state, "embedding": basis,
                   "source": "INSPIRE tutorial recipe: MNN pairs in the integrated space + rigid fit (RANSAC, Umeyama)"},
                  record={"table": table})
     return table
