@@ -30,3 +30,14 @@ def starmap_sample():
     adata = datasets.starmap_3d()
     feats = pd.DataFrame({"total": np.asarray(adata.X.sum(axis=1)).ravel().astype(np.float32)})
     return [cells_layer(adata, name="STARmap 3D cells", features=feats, color_by="total")]
+
+
+def stahl_sample():
+    """Four serial sections of a breast cancer biopsy (Ståhl 2016), one points layer each, for
+    the Integration dock; coloured by total counts.
+    """
+    out = []
+    for part in datasets.stahl_breast_cancer():
+        feats = pd.DataFrame({"total counts": np.asarray(part.X.sum(axis=1)).ravel().astype(np.float32)})
+        out.append(cells_layer(part, name=str(part.obs["section"].iloc[0]), features=feats, color_by="total counts"))
+    return out

@@ -60,3 +60,33 @@ def starmap_3d() -> ad.AnnData:
     adata = io.read_cells(DATA / "starmap_3d_33598cells_28genes.h5ad")
     adata.uns["spatial_unit"] = "image voxels"
     return adata
+
+
+def stahl_breast_cancer(split: bool = True):
+    """Four consecutive sections of a human breast cancer biopsy (Spatial Transcriptomics;
+    Ståhl et al. 2016 Science 353:78), PASTE's alignment example (Zeira et al. 2022).
+
+    1,031 spots (254 / 251 / 264 / 262) x the 3,000 genes with the most counts among those
+    all four layers share; raw counts (int32, CSR); ``obs["section"]`` layer1..layer4;
+    ``obsm["spatial"]`` in ST array units (one unit = the 200 µm spot pitch; not registered
+    across layers).
+
+    Parameters
+    ----------
+    split : bool
+        Return one AnnData per section (the input of :func:`napari_spatial_nmf.tl.integrate`)
+        instead of one with the ``section`` column.
+
+    Returns
+    -------
+    list of anndata.AnnData, or anndata.AnnData
+    """
+    adata = io.read_cells(DATA / "stahl2016_breast_cancer_4layers_3000genes.h5ad")
+    if not split:
+        return adata
+    out = []
+    for s in adata.obs["section"].cat.categories:
+        part = adata[(adata.obs["section"] == s).to_numpy()].copy()
+        part.obs_names = [n.rsplit("-", 1)[0] for n in part.obs_names]
+        out.append(part)
+    return out
