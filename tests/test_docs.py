@@ -1,0 +1,30 @@
+"""The documentation runs as written: every ```python block of the README and docs/, and the
+API page is current."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def _pages_with_code():
+    return [p for p in PAGES if BLOCK.search(p.read_text())]
+
+
+@pytest.mark.parametrize("page", _pages_with_code(), ids=lambda p: p.name)
+def test_code_blocks_run(page, tmp_path):
+    """The page's python blocks, in order, in one fresh interpreter (working folder: a temporary one)."""
+    code = "\n\n".join(BLOCK.findall(page.read_text()))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"{page.name}:\n{out.stderr[-3000:]}"
+
+
+def test_api_page_is_current():
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "make_api.py"), "--check"], capture_output=True)
+    assert out.returncode == 0, "docs/api.md is out of date: run python docs/make_api.py"
