@@ -29,6 +29,8 @@ def test_samples_open(make_napari_viewer, key, names):
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, key)
     assert [lyr.name for lyr in viewer.layers] == names
+    # one gene volume shown at a time (the others are a click away in the layer list)
+    assert [lyr.visible for lyr in viewer.layers] == [lyr.name != "Nrp1" for lyr in viewer.layers]
 
 
 def test_atlas_hover_names_structures(make_napari_viewer):
@@ -87,15 +89,17 @@ def test_nmf_dock_on_allen_sample_defaults_fit_the_data(make_napari_viewer, qtbo
     w.run()
     _wait(qtbot, w.runner)
     pps = [lyr for lyr in viewer.layers if RESULT_ID in lyr.metadata]
-    assert [lyr.name for lyr in pps] == ["2 layers PP1", "2 layers PP2"]
+    assert [lyr.name for lyr in pps] == ["Pdyn + Nrp1 PP1", "Pdyn + Nrp1 PP2"]
     for lyr in pps:
         assert lyr.data.shape == (67, 41, 58) and tuple(lyr.scale) == (200.0, 200.0, 200.0)
         assert lyr.blending == "additive" and lyr.metadata["params"]["n_components"] == 2
         assert REGISTRY.get(lyr.metadata[RESULT_ID]) is w.result
     assert pps[0].colormap.name != pps[1].colormap.name
     assert np.array_equal(viewer.layers["Pdyn"].data, before, equal_nan=True)  # the input data are untouched
-    assert not viewer.layers["Pdyn"].visible and viewer.layers["CCFv3 annotation"].contour == 1
-    assert viewer.layers[-1].name == "CCFv3 annotation"  # outlines drawn over the patterns
+    atlas = viewer.layers["CCFv3 annotation"]
+    assert not viewer.layers["Pdyn"].visible and atlas.visible
+    # the 200 µm grid is too coarse for outlines: a dim atlas under the additive patterns
+    assert atlas.contour == 0 and atlas.opacity < 0.5 and viewer.layers[0] is atlas
     assert w.result.adata.uns["nmf"]["params"]["layer"] == "imputed"
     assert "relative error" in w.runner.status.text()
 
@@ -414,3 +418,52 @@ def test_closed_docks_are_released(make_napari_viewer):
     viewer.add_image(np.zeros((4, 4)))  # layer events still work with the docks gone
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
+
+
+def test_integration_dock_on_stahl_sections_then_3d(make_napari_viewer, qtbot):
+    """Integration dock: the four Ståhl layers -> joint NNMF -> one layer with the sections side
+    by side, one colour per factor with a legend, the gene-program table, then Reconstruct 3D;
+    a cancelled INSPIRE run adds nothing; the users' cells are untouched."""
+    from napari_spatial_nmf._widgets.integration import IntegrationWidget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "stahl_4_sections")
+    layers = list(viewer.layers)
+    assert [lyr.name for lyr in layers] == ["layer1", "layer2", "layer3", "layer4"]
+    before = [(set(lyr.metadata["adata"].obsm), lyr.metadata["adata"].X.copy()) for lyr in layers]
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Integrate sections")
+    assert isinstance(w, IntegrationWidget)
+    w.sections.value = layers
+
+    w.n_factors.value = 5
+    w.n_steps.value = 200
+    w.run()  # INSPIRE (default method): cancelled after its first steps
+    qtbot.waitUntil(lambda: w.runner.progress.value() >= 10, timeout=120_000)
+    w.runner.cancel()
+    _wait(qtbot, w.runner)
+    assert len(viewer.layers) == 4 and w.result is None
+
+    w.method.value = "joint_nnmf"
+    w.n_steps.value = 100
+    w.run()
+    _wait(qtbot, w.runner, timeout=180_000)
+    out = viewer.layers["integrated factors (sections side by side)"]
+    n = sum(lyr.metadata["adata"].n_obs for lyr in layers)
+    assert len(out.data) == n and set(out.features["section"]) == {"layer1", "layer2", "layer3", "layer4"}
+    # side by side: the sections' x ranges do not overlap
+    xr = out.features.assign(x=out.data[:, 1]).groupby("section")["x"].agg(["min", "max"]).sort_values("min")
+    assert (xr["min"].to_numpy()[1:] > xr["max"].to_numpy()[:-1]).all()
+    assert set(w.legend.entries) <= {f"F{i}" for i in range(1, 6)} and len(w.legend.entries) >= 2
+    assert w.table.rowCount() == 50 and "4 sections" in w.runner.status.text()
+    assert not any(lyr.visible for lyr in layers)
+
+    w.spacing.value = 100.0
+    w.um_per_unit.value = 200.0  # ST array units: one spot spacing is about 200 µm
+    w.reconstruct()
+    stack = viewer.layers["integrated sections in 3D (µm)"]
+    assert viewer.dims.ndisplay == 3 and len(stack.data) == n
+    z = pd.Series(stack.data[:, 0]).groupby(stack.features["section"].to_numpy()).mean()
+    np.testing.assert_allclose(np.diff(z.sort_index().to_numpy()), 100.0)
+    for lyr, (obsm, X) in zip(layers, before):
+        assert set(lyr.metadata["adata"].obsm) == obsm
+        assert (lyr.metadata["adata"].X != X).nnz == 0

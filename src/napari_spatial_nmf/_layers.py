@@ -47,9 +47,10 @@ def stack_layers(stack: Stack, name: str | None = None) -> list[tuple]:
     common = {"scale": stack.voxel_size, "translate": stack.origin, "colormap": "magma", "blending": "additive",
               "axis_labels": stack.axes, "units": _units("µm", len(stack.axes))}
     if len(stack.genes) <= SPLIT_STACK_MAX_GENES:
-        return [(vol, {**common, "name": gene, "contrast_limits": _limits(vol),
+        # one gene shown at a time (the first): additive layers of one colormap would be unreadable
+        return [(vol, {**common, "name": gene, "contrast_limits": _limits(vol), "visible": i == 0,
                        "metadata": {**meta, "genes": [gene], "gene": gene}}, "image")
-                for vol, gene in zip(stack.data, stack.genes)]
+                for i, (vol, gene) in enumerate(zip(stack.data, stack.genes))]
     kwargs = {**common, "name": name or f"{len(stack.genes)} genes", "contrast_limits": _limits(stack.data),
               "metadata": {**meta, "genes": list(stack.genes)}, "scale": (1.0, *stack.voxel_size),
               "translate": (0.0, *stack.origin), "axis_labels": ("gene", *stack.axes), "units": None}

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ..results import REGISTRY
@@ -36,8 +36,7 @@ class Dock(QScrollArea):
         self.viewer = napari_viewer
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setMinimumWidth(DOCK_MIN_WIDTH)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.page = QWidget()
         self.layout_ = QVBoxLayout(self.page)
         self.layout_.setContentsMargins(6, 6, 6, 6)
@@ -48,6 +47,17 @@ class Dock(QScrollArea):
             self.layout_.addWidget(intro)
         self.setWidget(self.page)
         self.form = None
+
+    def _content_width(self) -> int:
+        """The page's narrowest readable width plus the vertical scroll bar (never clipped)."""
+        return max(DOCK_MIN_WIDTH, self.page.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                   + 2 * self.frameWidth())
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt override; the page is never squeezed below its content
+        return QSize(self._content_width(), super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt override; as narrow as the content allows
+        return QSize(self._content_width(), super().sizeHint().height())
 
     def add(self, widget) -> None:
         self.layout_.addWidget(getattr(widget, "native", widget))

@@ -128,7 +128,8 @@ def build_input(layers, mask_layer, missing: str, n_components: int):
     impute = missing == "impute" and has_nan
     if impute and "spatial" not in adata.obsm:
         raise ValueError("k-NN imputation needs coordinates; choose another missing-value option.")
-    name = source.name if len(layers) == 1 else f"{len(layers)} layers"
+    # the result's name: its genes when they are few ("Pdyn + Nrp1"), else how many
+    name = " + ".join(lyr.name for lyr in layers) if len(layers) <= 3 else f"{len(layers)} genes"
 
     def prepare():
         if impute:
@@ -140,10 +141,28 @@ def build_input(layers, mask_layer, missing: str, n_components: int):
     return adata, name, bool(points), prepare
 
 
+OUTLINE_MIN_VOXELS = 150  # an atlas plane at least this many voxels across gets thin outlines
+
+
+def show_atlas_under_patterns(viewer, atlas) -> None:
+    """Make an atlas Labels layer readable with patterns: outlines drawn over them on fine grids;
+    on coarse grids (the 200 µm CCF is 41 x 58 voxels per coronal plane, where a one-voxel outline
+    covers most small structures), a dim layer under the patterns instead, whose colours show
+    where the patterns are dark. Hovering names the structure either way.
+    """
+    if min(atlas.data.shape[-2:]) >= OUTLINE_MIN_VOXELS:
+        atlas.contour, atlas.opacity = 1, 0.6
+        viewer.layers.move(viewer.layers.index(atlas), len(viewer.layers))  # outlines on top
+    else:
+        atlas.contour, atlas.opacity = 0, 0.2
+        viewer.layers.move(viewer.layers.index(atlas), 0)  # under the additive patterns
+
+
 def add_result_layers(viewer, adata: ad.AnnData, source: str, is_points: bool, inputs=(), key: str = "nmf"):
     """Register an NMF result and add it as new layers (one Image per pattern, or a Points
-    layer of cell weights); hide the input layers and show the atlas as outlines, so the
-    patterns are what one sees. Returns the :class:`~napari_spatial_nmf.results.Result`.
+    layer of cell weights); hide the input layers and show the atlas as outlines or a dim layer
+    (:func:`show_atlas_under_patterns`), so the patterns are what one sees. Returns the
+    :class:`~napari_spatial_nmf.results.Result`.
     """
     from napari.layers import Labels
 
@@ -153,11 +172,12 @@ def add_result_layers(viewer, adata: ad.AnnData, source: str, is_points: bool, i
         viewer.add_points(data, **kwargs)
     else:
         for data, kwargs, _ in pattern_layers(result):
+            if inputs:  # the inputs' units (µm for the Allen grid, pixels for BDGP images)
+                kwargs["units"] = tuple(inputs[0].units)[-data.ndim:]
             viewer.add_image(data, **kwargs)
-        for lyr in viewer.layers:
+        for lyr in list(viewer.layers):
             if isinstance(lyr, Labels) and lyr.metadata.get("ontology") is not None:
-                lyr.contour, lyr.opacity = 1, 0.6
-                viewer.layers.move(viewer.layers.index(lyr), len(viewer.layers))  # outlines on top
+                show_atlas_under_patterns(viewer, lyr)
     for lyr in inputs:
         lyr.visible = False
     return result

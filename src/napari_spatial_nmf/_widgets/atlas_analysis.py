@@ -300,6 +300,7 @@ class AtlasAnalysisWidget(Dock):
         hi = float(np.percentile(finite, 99.5)) if finite.size else 1.0
         return self.viewer.add_image(vol, name=f"{gene} expression", scale=grid.voxel_size, translate=grid.origin,
                                      colormap="magma", blending="additive", contrast_limits=(0.0, hi or 1.0),
+                                     units=("micrometer",) * vol.ndim, axis_labels=grid.axes,
                                      metadata={GENE_LAYER_KEY: gene, RESULT_ID: self._result.id, "gene": gene})
 
     # ---------------------------------------------------------------- export

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 HEADER = ("Integrate sections (serial sections, replicates, other platforms) into K spatial factors with gene "
           "programs shared by all sections: INSPIRE (PyTorch) or joint neighbourhood NMF (CPU). Sections are shown "
           "side by side, one colour per factor; Reconstruct 3D stacks serial sections.")
-PROGRAM_COLUMNS = [("factor", "factor"), ("rank", "rank"), ("gene", "gene"), ("loading", "loading"),
+# the gene right after its factor; numbers shown to 3 significant digits so the gene column has room
+PROGRAM_COLUMNS = [("factor", "factor"), ("gene", "gene"), ("rank", "rank"), ("loading", "loading"),
                    ("score", "score")]
 
 
@@ -159,14 +160,19 @@ class IntegrationWidget(Dock):
             return
         xyz = np.asarray(adata.obsm["spatial_3d"])[:, ::-1]  # napari (z, y, x)
         feats = self.layer.features.copy()
-        kw = {"name": "integrated sections in 3D", "features": feats, "size": max(self.layer.size.mean(), 1.0)
+        kw = {"name": "integrated sections in 3D (µm)", "features": feats, "size": max(self.layer.size.mean(), 1.0)
               * float(self.um_per_unit.value), "border_width": 0, "axis_labels": ("z", "y", "x"),
-              "units": ("micrometer",) * 3, "metadata": {RESULT_ID: self.result.id, "key": "integration"},
+              "metadata": {RESULT_ID: self.result.id, "key": "integration"},
               "face_color": [self.factor_colors.get(str(f), "#404040") for f in feats["factor"]]}
+        if all(str(u) == "micrometer" for lyr in self.viewer.layers for u in lyr.units):
+            kw["units"] = ("micrometer",) * 3  # (napari ignores units, with a warning, when layers disagree)
         self.viewer.add_points(xyz, **kw)
         self.viewer.dims.ndisplay = 3
-        self.viewer.camera.angles = (0.0, -60.0, 75.0)
         self.viewer.reset_view()
+        # tilted, so the stack's depth shows (napari 0.9 moved the camera to viewer.scene)
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
+        camera.angles = (-30.0, 30.0, 120.0)
+        self.viewer.axes.visible = True
         self.runner.status.setText("3D: " + "; ".join(f"{r.section} rotated {r.angle_deg:.1f}°"
                                                       for r in table.itertuples()))
 
@@ -174,4 +180,7 @@ class IntegrationWidget(Dock):
 def _programs(adata) -> pd.DataFrame:
     from ..pipeline import program_table
 
-    return program_table(adata, n_top=10)
+    table = program_table(adata, n_top=10)
+    for col in ("loading", "score"):
+        table[col] = table[col].map(lambda v: float(f"{v:.3g}"))
+    return table

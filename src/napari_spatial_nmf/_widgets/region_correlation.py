@@ -18,8 +18,9 @@ from ._tables import DataFrameTable
 if TYPE_CHECKING:
     import napari
 
-COLUMNS = [("rank", "rank"), ("acronym", "acronym"), ("name", "name"), ("r", "Pearson r"),
-           ("n_voxels", "voxels"), ("depth", "level")]
+# the numbers first and the long structure name last (it stretches), so r is seen at any width
+COLUMNS = [("rank", "rank"), ("acronym", "acronym"), ("r", "Pearson r"), ("n_voxels", "voxels"),
+           ("depth", "level"), ("name", "name")]
 HIGHLIGHT_KEY = "highlight"
 HEADER = ("Rank atlas structures by their Pearson correlation with a pattern or gene (each structure with its "
           "sub-structures). Select a row to outline the structure and move the view to it.")
@@ -170,9 +171,10 @@ def highlight_mask(viewer, atlas, mask: np.ndarray, name: str, **metadata) -> No
 
         layer = viewer.add_labels(
             data, name=f"highlight: {name}", scale=atlas.scale, translate=atlas.translate, opacity=1.0,
+            units=atlas.units, axis_labels=atlas.axis_labels,
             colormap=DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 1: (1.0, 0.85, 0.0, 1.0)}),
             metadata={HIGHLIGHT_KEY: True, **metadata})
-        layer.contour = 2  # an outline, so the pattern underneath stays visible
+        layer.contour = 1  # an outline, so the pattern underneath stays visible
     else:
         layer.data = data
         layer.name = f"highlight: {name}"
