@@ -4,6 +4,7 @@ import json
 
 import anndata as ad
 import pandas as pd
+import pytest
 
 from napari_spatial_nmf.cli import main
 from napari_spatial_nmf.datasets import DATA
@@ -70,3 +71,53 @@ def test_stability_command_resumes(tmp_path, capsys):
     assert np.array_equal(first["instability"], again["instability"])
     adata = ad.read_h5ad(tmp_path / "st" / "result.h5ad")
     assert adata.uns["stability"]["best_k"] == adata.obsm["X_nmf"].shape[1]
+
+
+ALLEN = [str(DATA / "Pdyn_P56_coronal_71717084_200um.zip"), str(DATA / "Nrp1_P56_coronal_74272479_200um.zip")]
+
+
+@pytest.mark.parametrize("name, inputs, ks", [
+    ("allen", ["--volumes", *ALLEN, "--atlas", str(DATA / "annotation_200um_ccf2017_ishgrid.nrrd")], (2, 2)),
+    ("bdgp", ["--volumes", str(DATA / "bdgp_wu2016_405px_1640images.npz")], (3, 4)),
+    ("osmfish", ["--cells", str(DATA / "osmfish_sscortex_6471cells_33genes.h5ad")], (3, 4)),
+])
+def test_stability_command_on_every_shipped_sample(tmp_path, name, inputs, ks):
+    """staNMF (genes resampled, osNMF) on each sample as shipped: 2 genes (Allen), the BDGP
+    .npz with its missing-value code, osmFISH cells with all-zero cells."""
+    out = tmp_path / name
+    args = ["stability", *inputs, "--k-min", str(ks[0]), "--k-max", str(ks[1]), "-n", "3", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    table = pd.read_csv(out / "stability.csv")
+    assert list(table["k"]) == list(range(ks[0], ks[1] + 1))
+    assert table["instability"].between(0, 1).all() and table["instability"].iloc[-1] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert all((out / f).exists() for f in summary["files"].values())
+
+
+def test_nnmf_command_scores_the_osmfish_regions(tmp_path):
+    out = tmp_path / "nnmf"
+    args = ["nnmf", "--cells", str(DATA / "osmfish_sscortex_6471cells_33genes.h5ad"), "-k", "6", "--max-iter", "60",
+            "--label-key", "region", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert all((out / f).exists() for f in summary["files"].values())
+    adata = ad.read_h5ad(out / "result.h5ad")
+    assert adata.obsm["X_nnmf"].shape[1] == 6 and adata.uns["nnmf"]["lengthscale"] > 0
+    # the domains follow the expert regions, not perfectly
+    assert 0.1 < summary["ari"] < 1 and summary["spatial_unit"] == "µm"
+
+
+def test_integrate_command_joint_nnmf_and_3d_on_stahl(tmp_path):
+    out = tmp_path / "integrated"
+    args = ["integrate", "--cells", str(DATA / "stahl2016_breast_cancer_4layers_3000genes.h5ad"), "--section-key",
+            "section", "-k", "5", "--method", "joint_nnmf", "--max-iter", "60", "--n-hvgs", "0", "--reconstruct-3d",
+            "--spacing", "100", "--um-per-unit", "200", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert all((out / f).exists() for f in summary["files"].values())
+    programs = pd.read_csv(out / "programs.csv")
+    assert set(programs["factor"]) == {f"F{i}" for i in range(1, 6)}
+    cells = pd.read_csv(out / "cells_3d.csv")
+    assert len(cells) == 1031
+    z = cells.groupby("section")["z_um"].mean().sort_index()
+    assert list(z.round(6)) == [0.0, 100.0, 200.0, 300.0]

@@ -203,7 +203,8 @@ def check_stability_input(X, k_range, n_replicates: int, resample: str, matching
     if ks[0] < 2 or ks[-1] > k_max:
         raise ValueError(f"Every K must lie between 2 and {k_max} (the number of "
                          f"{'genes' if X.shape[1] <= X.shape[0] else 'observations'}: the data have {X.shape[1]:,} "
-                         f"genes and {X.shape[0]:,} observations); got {ks[:3]}…{ks[-3:]}.")
+                         f"genes and {X.shape[0]:,} observations; K = 1 has nothing to match); got K from "
+                         f"{ks[0]} to {ks[-1]}.")
     if check_int(n_replicates, "n_replicates") < 2:
         raise ValueError(f"The instability compares replicates: n_replicates must be >= 2; got {n_replicates}.")
     if check_values and not X.any():
