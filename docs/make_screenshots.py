@@ -1,18 +1,20 @@
 """Regenerate the screenshots in docs/images from the shipped real samples.
 
-Run under a display (or Xvfb):
-    QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python docs/make_screenshots.py
+The whole window is captured (docks included) at a laptop size, 1280 x 800, so the pictures
+show what a user sees. Run under a display (or Xvfb; never Qt's offscreen platform):
+
+    QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1400x1000x24" .venv/bin/python docs/make_screenshots.py
 """
 
 from pathlib import Path
 
 import napari
-import numpy as np
 from qtpy.QtWidgets import QApplication
 
 OUT = Path(__file__).parent / "images"
 OUT.mkdir(exist_ok=True)
 PLUGIN = "napari-spatial-nmf"
+SIZE = (1280, 800)
 
 
 def wait(runner):
@@ -21,74 +23,112 @@ def wait(runner):
 
 
 def shot(viewer, name):
-    for _ in range(5):
+    for _ in range(10):
         QApplication.processEvents()
     viewer.screenshot(str(OUT / name), canvas_only=False, flash=False)
-    print("wrote", OUT / name)
+    print("wrote", OUT / name, "window", viewer.window._qt_window.width(), "x", viewer.window._qt_window.height())
+
+
+def fresh(viewer):
+    viewer.window.remove_dock_widget("all")
+    viewer.layers.clear()
+    viewer.axes.visible = False
+    viewer.dims.ndisplay = 2
+    viewer.grid.enabled = False
+    viewer.window._qt_window.resize(*SIZE)
+
+
+def camera(viewer):
+    return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
 
 
 viewer = napari.Viewer(show=True, title="napari-spatial-nmf")
-viewer.window._qt_window.resize(1400, 900)
+viewer.window._qt_window.resize(*SIZE)
+
+# 1. The Allen sample: two ISH energy volumes over the dim CCFv3 atlas (coronal plane at AP 4.2 mm)
 viewer.open_sample(PLUGIN, "allen_200um")
 atlas = viewer.layers["CCFv3 annotation"]
-genes = viewer.layers["Allen ISH energy"]
-viewer.dims.set_point(1, 21 * 200.0)  # a coronal plane through the striatum
-viewer.dims.set_point(0, 0)  # Pdyn
+viewer.dims.set_point(0, 21 * 200.0)
 shot(viewer, "01_allen_sample.png")
 
+# 2. Pattern discovery, opened from the menu: defaults fit the 2 genes; patterns over atlas outlines
 _, nmf = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
-nmf.inputs.value = [genes]
-nmf.mask.value = atlas
-nmf.n_components.value = 2
 nmf.run()
 wait(nmf.runner)
-genes.visible = False
 shot(viewer, "02_patterns.png")
+viewer.dims.set_point(0, 38 * 200.0)  # a caudal plane: hippocampus, thalamus, hypothalamus
+shot(viewer, "02b_patterns_caudal.png")
+viewer.dims.set_point(0, 25 * 200.0)  # the striatum's widest plane (AP 5.0 mm)
 
+# 3. Region correlation of the first pattern (one dock at a time: the pattern dock is closed)
+viewer.window.remove_dock_widget("all")
 _, reg = viewer.window.add_plugin_dock_widget(PLUGIN, "Region correlation")
-reg.source.value = viewer.layers["Allen ISH energy PP1"]
+reg.source.value = [lyr for lyr in viewer.layers if lyr.name.endswith("PP1")][0]
 reg.atlas.value = atlas
 reg.run()
+wait(reg.runner)
 reg.table.selectRow(0)
-viewer.layers["Allen ISH energy PP2"].visible = False
 shot(viewer, "03_region_correlation.png")
 
-viewer.window.remove_dock_widget("all")
+# 4. Atlas analysis (osNMF suite) on the same result
+viewer.window.remove_dock_widget(reg)
 _, osn = viewer.window.add_plugin_dock_widget(PLUGIN, "Atlas analysis (osNMF)")
 osn.atlas.value = atlas
-osn.level.value = "coarse: 12 major divisions"
 osn.run()
 wait(osn.runner)
 osn.region_table.selectRow(0)
-viewer.layers["Allen ISH energy PP2"].visible = True
 shot(viewer, "06_atlas_analysis.png")
 
-viewer.layers.clear()
+# 5. BDGP: 21 principal patterns of 405 embryo images, in a grid
+fresh(viewer)
 viewer.open_sample(PLUGIN, "bdgp")
-nmf.form.reset_choices()
-nmf.inputs.value = [viewer.layers["BDGP images"]]
+_, nmf = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
 nmf.n_components.value = 21
 nmf.run()
 wait(nmf.runner)
-viewer.layers["BDGP images"].visible = False
 viewer.grid.enabled = True
 viewer.grid.shape = (5, 5)
 viewer.reset_view()
 shot(viewer, "04_bdgp_21_patterns.png")
 
-viewer.grid.enabled = False
-viewer.layers.clear()
+# 6. osmFISH: expert regions with a legend, then NNMF domains with a legend
+fresh(viewer)
 viewer.open_sample(PLUGIN, "osmfish")
-nmf.form.reset_choices()
-nmf.inputs.value = [viewer.layers["osmFISH cells"]]
-nmf.n_components.value = 11
-nmf.run()
-wait(nmf.runner)
-viewer.layers["osmFISH cells"].visible = False
-w = viewer.layers["osmFISH cells NMF weights"]
-w.face_color = "PP4"
-w.face_colormap = "viridis"
-w.face_contrast_limits = (0.0, float(np.percentile(w.features["PP4"], 99)))
 viewer.reset_view()
-shot(viewer, "05_osmfish_cell_weights.png")
+shot(viewer, "05a_osmfish_regions.png")
+_, nn = viewer.window.add_plugin_dock_widget(PLUGIN, "Neighbourhood NMF (cells)")
+nn.n_components.value = 11
+nn.max_iter.value = 300
+nn.run()
+wait(nn.runner)
+nn.color_by.value = "domain"
+viewer.reset_view()
+shot(viewer, "05_osmfish_nnmf_domains.png")
+
+# 7. STARmap 3D: the cloud in napari's 3D view, tilted so the layers' depth shows
+fresh(viewer)
+viewer.open_sample(PLUGIN, "starmap_3d")
+viewer.dims.ndisplay = 3
+viewer.reset_view()
+camera(viewer).angles = (-30.0, 30.0, 120.0)
+viewer.axes.visible = True
+shot(viewer, "07_starmap_3d.png")
+
+# 8. Integration of the four Ståhl sections (joint NNMF), then the 3D stack
+fresh(viewer)
+viewer.open_sample(PLUGIN, "stahl_4_sections")
+_, ig = viewer.window.add_plugin_dock_widget(PLUGIN, "Integrate sections")
+ig.sections.value = list(viewer.layers)
+ig.method.value = "joint_nnmf"
+ig.n_factors.value = 6
+ig.n_steps.value = 300
+ig.run()
+wait(ig.runner)
+viewer.reset_view()
+shot(viewer, "08_integration.png")
+ig.spacing.value = 1000.0  # exaggerated for display (the sections' real spacing is not in the data)
+ig.um_per_unit.value = 200.0
+ig.reconstruct()
+viewer.layers["integrated factors (sections side by side)"].visible = False
+shot(viewer, "09_integration_3d.png")
 viewer.close()
