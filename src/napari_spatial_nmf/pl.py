@@ -206,15 +206,22 @@ def cell_patterns(adata: ad.AnnData, key: str = "nmf", *, basis: str = "spatial"
     aspect = float(span[1] / span[0]) if span[0] > 0 else 1.0
     fig, axes = _grid_axes(len(names), ncols, (3.2, 0.6 + 2.6 * min(max(aspect, 0.4), 2.0)), show)
     unit = adata.uns.get("spatial_unit", "coordinate units")
-    for ax, w, name in zip(axes, W.T, names):
+    from matplotlib.ticker import MaxNLocator
+
+    cols = max(1, min(ncols, len(names)))
+    for i, (ax, w, name) in enumerate(zip(axes, W.T, names)):
         lo, hi = _robust_limits(w)
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=w, s=point_size, cmap="magma", vmin=lo, vmax=hi, linewidths=0)
         ax.set_facecolor("black")
         ax.set_aspect("equal")
         ax.invert_yaxis()
         ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=6)
-        fig.colorbar(sc, ax=ax, shrink=0.8, label="share of cell" if proportions else "weight")
+        ax.tick_params(labelsize=6, labelleft=i % cols == 0)  # y values once per row: room for the colour bars
+        cb = fig.colorbar(sc, ax=ax, shrink=0.8)
+        cb.ax.yaxis.set_major_locator(MaxNLocator(4))
+        cb.ax.tick_params(labelsize=6)
+        if ax is axes[0]:  # one label: beside the others it would overlap the next panel's ticks
+            cb.set_label("share of cell" if proportions else "weight", fontsize=7)
     axes[0].set_xlabel(f"x ({unit})", fontsize=7)
     axes[0].set_ylabel(f"y ({unit})", fontsize=7)
     return _finish(fig, fig, save=save, show=show, title=title)
