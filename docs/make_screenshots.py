@@ -32,7 +32,7 @@ def shot(viewer, name):
 def fresh(viewer):
     viewer.window.remove_dock_widget("all")
     viewer.layers.clear()
-    viewer.axes.visible = False
+    axes(viewer).visible = False
     viewer.dims.ndisplay = 2
     viewer.grid.enabled = False
     viewer.window._qt_window.resize(*SIZE)
@@ -40,6 +40,10 @@ def fresh(viewer):
 
 def camera(viewer):
     return viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+
+
+def axes(viewer):
+    return viewer.scene.overlays.axes if hasattr(viewer, "scene") else viewer.axes
 
 
 viewer = napari.Viewer(show=True, title="napari-spatial-nmf")
@@ -111,7 +115,7 @@ viewer.open_sample(PLUGIN, "starmap_3d")
 viewer.dims.ndisplay = 3
 viewer.reset_view()
 camera(viewer).angles = (-30.0, 30.0, 120.0)
-viewer.axes.visible = True
+axes(viewer).visible = True
 shot(viewer, "07_starmap_3d.png")
 
 # 8. Integration of the four Ståhl sections (joint NNMF), then the 3D stack

@@ -170,9 +170,9 @@ class IntegrationWidget(Dock):
         self.viewer.dims.ndisplay = 3
         self.viewer.reset_view()
         # tilted, so the stack's depth shows (napari 0.9 moved the camera to viewer.scene)
-        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera
-        camera.angles = (-30.0, 30.0, 120.0)
-        self.viewer.axes.visible = True
+        scene = getattr(self.viewer, "scene", None)
+        (scene.camera if scene is not None else self.viewer.camera).angles = (-30.0, 30.0, 120.0)
+        (scene.overlays.axes if scene is not None else self.viewer.axes).visible = True
         self.runner.status.setText("3D: " + "; ".join(f"{r.section} rotated {r.angle_deg:.1f}°"
                                                       for r in table.itertuples()))
 
