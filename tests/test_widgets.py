@@ -202,6 +202,9 @@ def test_region_dock_table_selection_and_export(make_napari_viewer, tmp_path):
     w.run()
     assert w.table.rowCount() == len(w.result) > 100
     assert w.table.text(0, "acronym") == "STR"
+    from qtpy.QtCore import Qt
+    tip = w.table.proxy.index(0, 0).data(Qt.ItemDataRole.ToolTipRole)  # the whole row on hover
+    assert "acronym: STR" in tip and "name: Striatum" in tip and "level:" in tip
     w.table.selectRow(0)
     hl = next(lyr for lyr in viewer.layers if lyr.metadata.get(HIGHLIGHT_KEY))
     onto = viewer.layers["CCFv3 annotation"].metadata["ontology"]

@@ -29,12 +29,19 @@ class DataFrameModel(QAbstractTableModel):
     def columnCount(self, parent=None):  # noqa: N802 - Qt API
         return len(self.columns)
 
+    @staticmethod
+    def _text(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else f"{v:.4g}"
+        return str(v)
+
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        v = self.df.iloc[index.row()][self.columns[index.column()][0]]
+        row = self.df.iloc[index.row()]
+        v = row[self.columns[index.column()][0]]
         if role == Qt.ItemDataRole.DisplayRole:
-            if isinstance(v, (float, np.floating)):
-                return "" if np.isnan(v) else f"{v:.4g}"
-            return str(v)
+            return self._text(v)
+        if role == Qt.ItemDataRole.ToolTipRole:  # the whole row, for columns scrolled out of view
+            return "\n".join(f"{h}: {self._text(row[c])}" for c, h in self.columns)
         if role == Qt.ItemDataRole.UserRole:  # the sort key
             return float(v) if isinstance(v, (int, float, np.integer, np.floating)) else str(v)
         if role == Qt.ItemDataRole.TextAlignmentRole and isinstance(v, (int, float, np.integer, np.floating)):
