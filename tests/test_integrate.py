@@ -219,8 +219,37 @@ def test_cluster_domains_and_scores_need_the_basis(small):
     out = tl.integrate(small, 3, method="joint_nnmf", n_hvgs=None, max_iter=20)
     with pytest.raises(KeyError, match="no latent space"):
         tl.cluster_domains(out, 3, basis="latent")
+    with pytest.raises(ValueError, match="n_init"):
+        tl.cluster_domains(out, 3, basis="factors", n_init=0)
     dom = tl.cluster_domains(out, 3, basis="factors")
     assert isinstance(dom.dtype, pd.CategoricalDtype) and dom.nunique() <= 3
     fs = tl.factor_scores(out)
     assert 0 <= fs["factor_diversity"] <= 1
     assert sp.issparse(out.X)
+
+
+_SAME_SEED_SCRIPT = """
+import hashlib, sys
+import anndata as ad, numpy as np, torch
+torch.set_num_threads(2)
+from napari_spatial_nmf import tl
+secs = [ad.read_h5ad(p) for p in sys.argv[1:3]]
+out = tl.integrate(secs, 7, method="inspire", variant="gat", n_steps=10, n_hvgs=3000, section_names=["a", "b"])
+assert not torch.are_deterministic_algorithms_enabled()  # the caller's torch setting is restored
+print(hashlib.sha1(np.ascontiguousarray(out.obsm["X_integration_latent"]).tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.shared_data
+def test_inspire_gives_the_same_model_in_every_process(shared_data):
+    """Two processes, same seed, two threads: the same latent space to the bit. (Without torch's
+    deterministic kernels the threaded backward of the neighbour gathers sums in a different order in
+    each process, and two DLPFC runs of the same script scored ARI 0.04 apart.)"""
+    import subprocess
+    import sys
+
+    d = shared_data / "dlpfc_visium_151673_151676"
+    args = [sys.executable, "-c", _SAME_SEED_SCRIPT, str(d / "dlpfc_151673_5000hvg.h5ad"),
+            str(d / "dlpfc_151674_5000hvg.h5ad")]
+    digests = [subprocess.run(args, capture_output=True, text=True, check=True).stdout.split()[-1] for _ in range(2)]
+    assert digests[0] == digests[1]

@@ -262,100 +262,108 @@ def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "g
     Generator yielding :class:`Progress`, returning :class:`InspireResult`.
     """
     torch = torch_module()
-    torch.manual_seed(int(random_state))
-    rng = np.random.default_rng(int(random_state))
-    if n_threads is not None:
-        torch.set_num_threads(int(n_threads))
-    S = len(sec.names)
-    G = len(sec.genes)
-    radius = rad_cutoff if rad_cutoff is not None else rad_coef * min_distance(sec.coords[0])
-    graphs = [radius_graph(c, radius) for c in sec.coords]
-    t = torch.from_numpy
-    if variant == "gat":
-        feats = [t(x) for x in sec.lognorm]
-        tgraphs = [tuple(t(a) for a in neighbour_table(r, c, len(x))) for (r, c), x in zip(graphs, sec.lognorm)]
-        xhat = [torch.nn.functional.normalize(f, dim=1) for f in feats]
-        xx = [float((xh.T @ xh).pow(2).sum()) for xh in xhat]  # ||X̂ᵀX̂||² is a constant of the data
-    else:
-        feats_np = [lgcn_features(x, r, c) for x, (r, c) in zip(sec.lognorm, graphs)]
-    counts = [t(c.toarray()) for c in sec.counts] if variant == "gat" else None
-    net, discs = _networks(torch, G, feats[0].shape[1] if variant == "gat" else 2 * G, n_factors, S, variant)
-    opt = torch.optim.Adamax(net.parameters(), lr=DEFAULTS["lr"], weight_decay=DEFAULTS["weight_decay"])
-    opt_d = torch.optim.Adam([p for d in discs for p in d.parameters()], lr=DEFAULTS["lr_d"],
-                             weight_decay=DEFAULTS["weight_decay_d"])
-    softplus = torch.nn.functional.softplus
-    n_total = sum(sec.sizes)
-    rows = []
-    yield Progress(0, n_steps, f"INSPIRE ({variant.upper()}): {S} sections, {n_total:,} cells x {G:,} genes, "
-                               f"K = {n_factors}, neighbour radius {radius:.3g}")
-    for step in range(n_steps):
-        Zs, betas, recons, xs, cs, ls = [], [], [], [], [], []
-        for s in range(S):
-            if variant == "gat":
-                x, c, lib, graph = feats[s], counts[s], t(sec.library[s])[:, None], tgraphs[s]
-            else:
-                idx = rng.choice(sec.sizes[s], size=batch_size)
-                x = t(feats_np[s][idx])
-                c = t(sec.counts[s][idx].toarray())
-                lib = t(sec.library[s][idx])[:, None]
-                graph = None
-            Z, beta, recon = net(x, s, graph)
-            Zs.append(Z)
-            betas.append(beta)
-            recons.append(recon)
-            xs.append(x[:, :G])
-            cs.append(c)
-            ls.append(lib)
-        margin = step > DEFAULTS["margin_warmup_step"]
+    # Threaded CPU kernels (the backward of the neighbour gathers) otherwise sum in a different order
+    # in every process: the same seed would give a different model (measured on DLPFC).
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(int(random_state))
+        rng = np.random.default_rng(int(random_state))
+        if n_threads is not None:
+            torch.set_num_threads(int(n_threads))
+        S = len(sec.names)
+        G = len(sec.genes)
+        radius = rad_cutoff if rad_cutoff is not None else rad_coef * min_distance(sec.coords[0])
+        graphs = [radius_graph(c, radius) for c in sec.coords]
+        t = torch.from_numpy
+        if variant == "gat":
+            feats = [t(x) for x in sec.lognorm]
+            tgraphs = [tuple(t(a) for a in neighbour_table(r, c, len(x))) for (r, c), x in zip(graphs, sec.lognorm)]
+            xhat = [torch.nn.functional.normalize(f, dim=1) for f in feats]
+            xx = [float((xh.T @ xh).pow(2).sum()) for xh in xhat]  # ||X̂ᵀX̂||² is a constant of the data
+        else:
+            feats_np = [lgcn_features(x, r, c) for x, (r, c) in zip(sec.lognorm, graphs)]
+        counts = [t(c.toarray()) for c in sec.counts] if variant == "gat" else None
+        net, discs = _networks(torch, G, feats[0].shape[1] if variant == "gat" else 2 * G, n_factors, S, variant)
+        opt = torch.optim.Adamax(net.parameters(), lr=DEFAULTS["lr"], weight_decay=DEFAULTS["weight_decay"])
+        opt_d = torch.optim.Adam([p for d in discs for p in d.parameters()], lr=DEFAULTS["lr_d"],
+                                 weight_decay=DEFAULTS["weight_decay_d"])
+        softplus = torch.nn.functional.softplus
+        n_total = sum(sec.sizes)
+        rows = []
+        yield Progress(0, n_steps, f"INSPIRE ({variant.upper()}): {S} sections, {n_total:,} cells x {G:,} genes, "
+                                   f"K = {n_factors}, neighbour radius {radius:.3g}")
+        for step in range(n_steps):
+            Zs, betas, recons, xs, cs, ls = [], [], [], [], [], []
+            for s in range(S):
+                if variant == "gat":
+                    x, c, lib, graph = feats[s], counts[s], t(sec.library[s])[:, None], tgraphs[s]
+                else:
+                    idx = rng.choice(sec.sizes[s], size=batch_size)
+                    x = t(feats_np[s][idx])
+                    c = t(sec.counts[s][idx].toarray())
+                    lib = t(sec.library[s][idx])[:, None]
+                    graph = None
+                Z, beta, recon = net(x, s, graph)
+                Zs.append(Z)
+                betas.append(beta)
+                recons.append(recon)
+                xs.append(x[:, :G])
+                cs.append(c)
+                ls.append(lib)
+            margin = step > DEFAULTS["margin_warmup_step"]
 
-        def dout(i, z, margin=margin):
-            o = discs[i](z)
-            return torch.clamp(o, -DEFAULTS["margin"], DEFAULTS["margin"]) if margin else o
+            def dout(i, z, margin=margin):
+                o = discs[i](z)
+                return torch.clamp(o, -DEFAULTS["margin"], DEFAULTS["margin"]) if margin else o
 
-        opt_d.zero_grad()
-        loss_d = sum(softplus(-dout(i, Zs[i].detach())).mean() + softplus(dout(i, Zs[i + 1].detach())).mean()
-                     for i in range(S - 1))
-        (DEFAULTS["coef_gan"] * loss_d).backward()
-        opt_d.step()
-        basis = net.basis()
-        fe = recon_l = geom = 0.0
-        for s in range(S):
-            fe = fe + torch.sqrt(((xs[s] - recons[s]) ** 2).sum(dim=1)).mean()
-            log_lam = torch.log(betas[s] @ basis + 1e-6) + net.gamma[s]
-            recon_l = recon_l - (cs[s] * (torch.log(ls[s] + 1e-6) + log_lam) - ls[s] * torch.exp(log_lam)).sum(1).mean()
-            zn = torch.nn.functional.normalize(Zs[s], dim=1)
-            if variant == "gat":
-                g = (zn.T @ zn).pow(2).sum() - 2 * (zn.T @ xhat[s]).pow(2).sum() + xx[s]
-                geom = geom + g / zn.shape[0]
-            else:
-                xn = torch.nn.functional.normalize(xs[s], dim=1)
-                geom = geom + ((zn @ zn.T - xn @ xn.T) ** 2).sum(dim=1).mean()
-        n_spot = n_total if variant == "gat" else batch_size * S
-        p_aver = sum(b.sum(dim=0) for b in betas) / n_spot
-        beta_l = -((DEFAULTS["prior"] - 1.0) * torch.log(p_aver + 1e-6)).sum()
-        gan = sum(softplus(-dout(i, Zs[i + 1])).mean() for i in range(S - 1))
-        total = (DEFAULTS["coef_fe"] * fe + coef_recon * recon_l + coef_geom * geom + DEFAULTS["coef_beta"] * beta_l
-                 + DEFAULTS["coef_gan"] * gan)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        if step % log_every == 0 or step == n_steps - 1:
-            vals = {"step": step, "d_loss": loss_d.item(), "total": total.item(), "recon": recon_l.item(),
-                    "fe": fe.item(), "geom": geom.item(), "beta": beta_l.item(), "gan": gan.item()}
-            rows.append(vals)
-            yield Progress(step + 1, n_steps, f"step {step + 1}/{n_steps}, loss {vals['total']:.4g} "
-                                              f"(Poisson {vals['recon']:.4g}, adversarial {vals['gan']:.3g})", vals)
-    net.eval()
-    latent, props = [], []
-    with torch.no_grad():
-        for s in range(S):
-            if variant == "gat":
-                Z, beta, _ = net(feats[s], s, tgraphs[s])
-            else:
-                parts = [net(t(feats_np[s][i:i + 10_000]), s) for i in range(0, sec.sizes[s], 10_000)]
-                Z, beta = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-            latent.append(Z.numpy().astype(np.float32))
-            props.append(beta.numpy().astype(np.float32))
-        programs = net.basis().numpy().astype(np.float32)
-        gamma = net.gamma.detach().numpy().astype(np.float32)
-    return InspireResult(latent, props, programs, gamma, pd.DataFrame(rows))
+            opt_d.zero_grad()
+            loss_d = sum(softplus(-dout(i, Zs[i].detach())).mean() + softplus(dout(i, Zs[i + 1].detach())).mean()
+                         for i in range(S - 1))
+            (DEFAULTS["coef_gan"] * loss_d).backward()
+            opt_d.step()
+            basis = net.basis()
+            fe = recon_l = geom = 0.0
+            for s in range(S):
+                fe = fe + torch.sqrt(((xs[s] - recons[s]) ** 2).sum(dim=1)).mean()
+                log_lam = torch.log(betas[s] @ basis + 1e-6) + net.gamma[s]
+                poisson = cs[s] * (torch.log(ls[s] + 1e-6) + log_lam) - ls[s] * torch.exp(log_lam)
+                recon_l = recon_l - poisson.sum(1).mean()
+                zn = torch.nn.functional.normalize(Zs[s], dim=1)
+                if variant == "gat":
+                    g = (zn.T @ zn).pow(2).sum() - 2 * (zn.T @ xhat[s]).pow(2).sum() + xx[s]
+                    geom = geom + g / zn.shape[0]
+                else:
+                    xn = torch.nn.functional.normalize(xs[s], dim=1)
+                    geom = geom + ((zn @ zn.T - xn @ xn.T) ** 2).sum(dim=1).mean()
+            n_spot = n_total if variant == "gat" else batch_size * S
+            p_aver = sum(b.sum(dim=0) for b in betas) / n_spot
+            beta_l = -((DEFAULTS["prior"] - 1.0) * torch.log(p_aver + 1e-6)).sum()
+            gan = sum(softplus(-dout(i, Zs[i + 1])).mean() for i in range(S - 1))
+            total = (DEFAULTS["coef_fe"] * fe + coef_recon * recon_l + coef_geom * geom + DEFAULTS["coef_beta"] * beta_l
+                     + DEFAULTS["coef_gan"] * gan)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            if step % log_every == 0 or step == n_steps - 1:
+                vals = {"step": step, "d_loss": loss_d.item(), "total": total.item(), "recon": recon_l.item(),
+                        "fe": fe.item(), "geom": geom.item(), "beta": beta_l.item(), "gan": gan.item()}
+                rows.append(vals)
+                yield Progress(step + 1, n_steps, f"step {step + 1}/{n_steps}, loss {vals['total']:.4g} "
+                                                  f"(Poisson {vals['recon']:.4g}, adversarial {vals['gan']:.3g})", vals)
+        net.eval()
+        latent, props = [], []
+        with torch.no_grad():
+            for s in range(S):
+                if variant == "gat":
+                    Z, beta, _ = net(feats[s], s, tgraphs[s])
+                else:
+                    parts = [net(t(feats_np[s][i:i + 10_000]), s) for i in range(0, sec.sizes[s], 10_000)]
+                    Z, beta = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+                latent.append(Z.numpy().astype(np.float32))
+                props.append(beta.numpy().astype(np.float32))
+            programs = net.basis().numpy().astype(np.float32)
+            gamma = net.gamma.detach().numpy().astype(np.float32)
+        return InspireResult(latent, props, programs, gamma, pd.DataFrame(rows))
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
