@@ -21,13 +21,11 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+from integration_dlpfc import DATA, HERE, SECTIONS  # the same sections as the main DLPFC benchmark
 
 from napari_spatial_nmf import tl
 from napari_spatial_nmf.core.metrics import clustering_scores
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[1] / "shared" / "data" / "dlpfc_visium_151673_151676"
-SECTIONS = ["151673", "151674", "151675", "151676"]
 COVARIANCES = ["tied", "full", "diag", "spherical"]
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..core import metrics as _M
+from ..core._validation import check_int
 from ._common import check_adata, store_result
 
 PROGRAM_KEYS = ("{key}_programs", "{key}_signatures", "{key}_coefficients")
@@ -66,13 +67,14 @@ def cluster_domains(adata: ad.AnnData, n_domains: int, *, key: str = "integratio
     ------
     KeyError
         The basis is not in the AnnData (joint NNMF has no latent space: use "factors").
+    TypeError
+        ``n_init`` is not an integer.
     ValueError
         An unknown basis, or ``n_init`` below 1.
     """
     from sklearn.mixture import GaussianMixture
 
-    if isinstance(n_init, bool) or not isinstance(n_init, (int, np.integer)) or n_init < 1:
-        raise ValueError(f"n_init must be a whole number of mixture starts >= 1; got {n_init!r}.")
+    n_init = check_int(n_init, "n_init", minimum=1)
     name = {"latent": f"X_{key}_latent", "factors": f"X_{key}", "argmax": f"X_{key}"}.get(basis)
     if name is None:
         raise ValueError(f"basis must be 'latent', 'factors' or 'argmax'; got {basis!r}.")
@@ -83,7 +85,7 @@ def cluster_domains(adata: ad.AnnData, n_domains: int, *, key: str = "integratio
     if basis == "argmax":
         lab = E.argmax(axis=1)
     else:
-        lab = GaussianMixture(int(n_domains), covariance_type=covariance_type, n_init=int(n_init),
+        lab = GaussianMixture(int(n_domains), covariance_type=covariance_type, n_init=n_init,
                               random_state=random_state, reg_covar=1e-5).fit_predict(E)
     names = [f"D{i + 1}" for i in range(int(lab.max()) + 1)]
     dom = pd.Categorical(np.asarray(names)[lab], categories=names)
