@@ -13,15 +13,12 @@ and the seed whose mixture has the highest likelihood, which needs no labels).
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import anndata as ad
+import benchmarks_common as common
 import numpy as np
-from integration_dlpfc import DATA, HERE, SECTIONS  # the same sections as the main DLPFC benchmark
+from integration_dlpfc import DATA, SECTIONS  # the same sections as the main DLPFC benchmark
 
 from napari_spatial_nmf import tl
 from napari_spatial_nmf.core.metrics import clustering_scores
@@ -37,10 +34,10 @@ def sweep(adata, basis, seeds):
 
     E = np.asarray(adata.obsm["X_integration_latent" if basis == "latent" else "X_integration"], dtype=np.float64)
     layer = adata.obs["layer"].to_numpy()
-    masks = {s: (adata.obs["section"] == s).to_numpy() for s in SECTIONS}
+    masks = {s: (adata.obs["section"] == s).to_numpy() for s in adata.obs["section"].cat.categories}
     out = {}
     for cov in COVARIANCES:
-        rows, loglik = {s: [] for s in SECTIONS}, []
+        rows, loglik = {s: [] for s in masks}, []
         for seed in seeds:
             gm = GaussianMixture(7, covariance_type=cov, random_state=seed, reg_covar=1e-5).fit(E)
             lab = gm.predict(E)
@@ -52,39 +49,46 @@ def sweep(adata, basis, seeds):
                         "best_likelihood": float(v[best]), "all": [round(x, 4) for x in v]}
                     for s, v in rows.items()}
         out[cov]["log_likelihood"] = [round(x, 5) for x in loglik]
-        print(cov, basis, "mean", {s: round(out[cov][s]["mean"], 3) for s in SECTIONS},
-              "best-likelihood seed", {s: round(out[cov][s]["best_likelihood"], 3) for s in SECTIONS}, flush=True)
+        print(cov, basis, "mean", {s: round(out[cov][s]["mean"], 3) for s in masks},
+              "best-likelihood seed", {s: round(out[cov][s]["best_likelihood"], 3) for s in masks}, flush=True)
     return out
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = common.parser(__doc__)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--hvgs", type=int, default=3000, help="seurat_v3 HVGs per section (5000: all shared genes)")
     ap.add_argument("--save-latent", action="store_true", help="also write the latent space (.latent.npz)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "integration_dlpfc_gmm.json")
     a = ap.parse_args(argv)
+    names = SECTIONS[:2] if a.quick else SECTIONS
+    sections = [ad.read_h5ad(DATA / f"dlpfc_{s}_5000hvg.h5ad") for s in names]
+    if a.quick:  # the same code on tiny sizes (CI): 2 sections, 500 spots each, a few steps
+        sections = [sec[:500].copy() for sec in sections]
+        a.steps, a.hvgs = 3, 300
+        if hasattr(a, "joint_iter"):
+            a.joint_iter = 3
+        if hasattr(a, "seeds"):
+            a.seeds = 2
     seeds = list(range(a.seeds))
-    sections = [ad.read_h5ad(DATA / f"dlpfc_{s}_5000hvg.h5ad") for s in SECTIONS]
-    result = {"machine": platform.processor() or platform.machine(), "settings": vars(a) | {"out": str(a.out)}}
+    result = {"settings": {k: str(v) for k, v in vars(a).items()}}
 
     t = time.perf_counter()
     ins = tl.integrate(sections, 7, method="inspire", variant="gat", n_steps=a.steps, n_hvgs=a.hvgs,
-                       section_names=SECTIONS)
+                       section_names=names)
     result["inspire_seconds"] = time.perf_counter() - t
     result["n_shared_genes"] = int(ins.n_vars)
     if a.save_latent:  # for re-analysis (not kept in the repository)
-        np.savez_compressed(a.out.with_suffix(".latent.npz"), latent=ins.obsm["X_integration_latent"],
+        latent_file = common.out_path(a, "integration_dlpfc_gmm").with_suffix(".latent.npz")
+        np.savez_compressed(latent_file, latent=ins.obsm["X_integration_latent"],
                             section=np.asarray(ins.obs["section"], dtype=str),
                             layer=np.asarray(ins.obs["layer"].astype(str), dtype=str))
     result["inspire_latent"] = sweep(ins, "latent", seeds)
 
-    jn = tl.integrate(sections, 7, method="joint_nnmf", max_iter=300, n_hvgs=a.hvgs, section_names=SECTIONS,
+    jn = tl.integrate(sections, 7, method="joint_nnmf", max_iter=300, n_hvgs=a.hvgs, section_names=names,
                       random_state=0)
     result["joint_nnmf_factors"] = sweep(jn, "factors", seeds)
-    a.out.parent.mkdir(exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
+    common.write(a, "integration_dlpfc_gmm", result)
 
 
 if __name__ == "__main__":

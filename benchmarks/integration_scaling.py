@@ -17,15 +17,13 @@ fits, one forward + backward of the GAT encoder layer and of the geometry loss i
 ways, and the dense formulation's memory at 10^5 cells is computed (it cannot be run).
 
     python benchmarks/integration_scaling.py            # all sizes (about 20 minutes)
-    python benchmarks/integration_scaling.py --quick    # 10^4 cells only
+    python benchmarks/integration_scaling.py --quick    # 10^3 cells, a few steps (CI)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,11 +31,12 @@ import time
 from pathlib import Path
 
 import anndata as ad
+import benchmarks_common as common
 import numpy as np
 import scipy.sparse as sp
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[1] / "shared" / "data" / "dlpfc_visium_151673_151676" / "dlpfc_151673_5000hvg.h5ad"
+DATA = common.SHARED / "dlpfc_visium_151673_151676" / "dlpfc_151673_5000hvg.h5ad"
 
 
 def simulated_section(n_cells: int, seed: int) -> ad.AnnData:
@@ -144,12 +143,10 @@ def dense_vs_sparse(n_cells: int) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="10^4 cells per section only")
+    ap = common.parser(__doc__)
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--one", nargs=2, metavar=("CELLS", "VARIANT"), help=argparse.SUPPRESS)
     ap.add_argument("--dense", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "integration_scaling.json")
     a = ap.parse_args(argv)
     if not DATA.exists():
         sys.exit(f"The DLPFC section is expected at {DATA} (the shared datasets).")
@@ -159,7 +156,9 @@ def main(argv=None):
     if a.dense:
         print(json.dumps(dense_vs_sparse(a.dense)))
         return
-    sizes = [10_000] if a.quick else [3_639, 10_000, 30_000, 100_000]
+    sizes = [1_000] if a.quick else [3_639, 10_000, 30_000, 100_000]
+    if a.quick:  # the same code on tiny sizes (CI)
+        a.steps = 7
     rows = []
     for n in sizes:
         for variant in ("gat", "lgcn"):
@@ -169,12 +168,12 @@ def main(argv=None):
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    res = subprocess.run([sys.executable, __file__, "--dense", "10000"], capture_output=True, text=True, check=True)
+    res = subprocess.run([sys.executable, __file__, "--dense", "1000" if a.quick else "10000"], capture_output=True,
+                         text=True, check=True)
     dense = json.loads(res.stdout.strip().splitlines()[-1])
     print(dense, flush=True)
-    a.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                                 "simulation": "tiles of DLPFC 151673 with Poisson-redrawn counts, 500 HVGs",
-                                 "rows": rows, "dense_vs_sparse": dense}, indent=2))
+    common.write(a, "integration_scaling", {"simulation": "tiles of DLPFC 151673 with Poisson-redrawn counts, 500 HVGs",
+                                            "rows": rows, "dense_vs_sparse": dense})
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import benchmarks_common as common
 import numpy as np
 import scipy.sparse as sp
 
@@ -79,7 +79,8 @@ def run_one(n_cells: int, iterations: int, k: int) -> dict:
         pass
     t0 = time.perf_counter()
     stamps = []
-    gen = N.iter_fit_nnmf(Xn, k, kern.S, max_iter=iterations, tol=-np.inf, initial=1, small_iter=0, seed=0)
+    gen = N.iter_fit_nnmf(Xn, k, kern.S, max_iter=iterations, tol=-np.inf, initial=1, small_iter=0,
+                          random_state=0)
     while True:
         try:
             next(gen)
@@ -100,13 +101,14 @@ def run_one(n_cells: int, iterations: int, k: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--cells", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("-k", type=int, default=20)
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
-    ap.add_argument("--out", default=str(HERE / "results" / "nnmf_scaling.json"))
     a = ap.parse_args(argv)
+    if a.quick:  # the same code on tiny sizes (CI)
+        a.cells, a.iterations, a.k = [3_000], 5, 4
     if a.one:
         print(json.dumps(run_one(a.one, a.iterations, a.k)))
         return 0
@@ -123,9 +125,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['n_cells']:,} | {r['nnz']:,} | {r['mean_neighbors']:.1f} | {r['kernel_s']:.1f} | "
               f"{r['s_per_iteration_median']:.4f} | {r['fit_s']:.0f} | {r['peak_rss_gb']:.2f} |")
-    Path(a.out).parent.mkdir(exist_ok=True)
-    Path(a.out).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                       "rows": rows}, indent=1))
+    common.write(a, "nnmf_scaling", {"iterations": a.iterations, "rows": rows})
     return 0
 
 

@@ -11,19 +11,15 @@ repeats per size and the largest difference between the two results.
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import time
-from pathlib import Path
 
+import benchmarks_common as common
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import reverse_cuthill_mckee
 
 from napari_spatial_nmf.core import nnmf as nn
-
-HERE = Path(__file__).resolve().parent
 
 
 def scipy_smooth(S: sp.csr_matrix, W: np.ndarray) -> np.ndarray:
@@ -32,12 +28,13 @@ def scipy_smooth(S: sp.csr_matrix, W: np.ndarray) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser()
+    ap = common.parser(__doc__)
     ap.add_argument("--cells", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "nnmf_smoothing.json")
     args = ap.parse_args(argv)
+    if args.quick:  # the same code on tiny sizes (CI)
+        args.cells, args.repeats = [5_000], 2
     rows = []
     for n in args.cells:
         rng = np.random.default_rng(0)
@@ -64,9 +61,7 @@ def main(argv=None) -> None:
                "numba_speedup": med["scipy"] / med["numba"], "max_abs_diff": float(np.abs(W - ref).max())}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                    "cpus": __import__("os").cpu_count(), "rows": rows}, indent=2))
+    common.write(args, "nnmf_smoothing", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 PASTE (Zeira et al. 2022, ``paste-bio`` 1.4.0 with POT 0.9.4: the newest POT breaks its
 ``pairwise_align``) is run from a benchmark-only folder, never a package dependency:
 
-    pip install --target /tmp/paste-lib --no-deps -r benchmarks/requirements-paste.txt
-    PYTHONPATH=/tmp/paste-lib python benchmarks/registration_paste.py
+    pip install -r benchmarks/requirements-paste.txt   # also in the testing extra
+    python benchmarks/registration_paste.py
 
 Both methods run in the same process on the same data:
 
@@ -27,20 +27,17 @@ expression between each spot and its nearest spot of the other layer after align
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import time
-from pathlib import Path
 
 import anndata as ad
+import benchmarks_common as common
 import numpy as np
 
 from napari_spatial_nmf import tl
 from napari_spatial_nmf.core import registration as R
 
-HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[1] / "shared" / "data"
+SHARED = common.SHARED
 UM_PER_UNIT_DLPFC = 16.2
 
 
@@ -106,14 +103,19 @@ def rigid_from_points(src, dst):
     return float(np.degrees(np.arctan2(M[1, 0], M[0, 0]))), M[:2, 2]
 
 
-def stahl(rows):
-    layers = [ad.read_h5ad(SHARED / "breast_cancer_st_stahl2016_layers" / f"stahl2016_bc_layer{i}.h5ad")
-              for i in range(1, 5)]
+def stahl(rows, steps=300, pairs=3, shipped=False):
+    if shipped:  # the package's sample (3,000 genes): no shared data needed
+        from napari_spatial_nmf import datasets
+
+        layers = datasets.stahl_breast_cancer()
+    else:
+        layers = [ad.read_h5ad(SHARED / "breast_cancer_st_stahl2016_layers" / f"stahl2016_bc_layer{i}.h5ad")
+                  for i in range(1, 5)]
     for a in layers:
         a.X = a.X.astype(np.float32)
     names = [f"layer{i}" for i in range(1, 5)]
-    emb, keep, t_int = integrate(layers, names)
-    for i in range(3):
+    emb, keep, t_int = integrate(layers, names, steps=steps)
+    for i in range(pairs):
         A, B = layers[i], layers[i + 1]
         a_keep = np.isin(A.obs_names + f"-{names[i]}", list(keep[i]))
         b_keep = np.isin(B.obs_names + f"-{names[i + 1]}", list(keep[i + 1]))
@@ -174,8 +176,7 @@ def dlpfc(rows, seed):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "registration_paste.json")
+    ap = common.parser(__doc__)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-dlpfc", action="store_true")
     args = ap.parse_args(argv)
@@ -183,14 +184,14 @@ def main(argv=None):
     import paste
 
     rows = []
-    stahl(rows)
-    if not args.skip_dlpfc:
-        dlpfc(rows, args.seed)
-    args.out.parent.mkdir(exist_ok=True)
-    args.out.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                    "cpus": __import__("os").cpu_count(), "paste": paste.__version__
-                                    if hasattr(paste, "__version__") else "1.4.0", "pot": ot.__version__,
-                                    "rows": rows}, indent=2))
+    if args.quick:  # the same code on tiny sizes (CI): one Ståhl pair, a few training steps
+        stahl(rows, steps=5, pairs=1, shipped=True)
+    else:
+        stahl(rows)
+        if not args.skip_dlpfc:
+            dlpfc(rows, args.seed)
+    common.write(args, "registration_paste", {"paste": getattr(paste, "__version__", "1.4.0"),
+                                              "pot": ot.__version__, "rows": rows})
 
 
 if __name__ == "__main__":

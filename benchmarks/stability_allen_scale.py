@@ -18,14 +18,11 @@ passes of the replicates still running, final objective) over its wall time.
     .venv/bin/python benchmarks/stability_allen_scale.py -k 11 -n 16
 """
 
-import argparse
 import json
-import os
-import platform
 import time
 import warnings
-from pathlib import Path
 
+import benchmarks_common as common
 import numpy as np
 from scipy.ndimage import gaussian_filter
 from sklearn.decomposition import NMF
@@ -38,14 +35,14 @@ warnings.simplefilter("ignore")
 N_GENES, N_VOXELS, N_PROGRAMS = 4345, 55954, 11
 
 
-def simulate(seed: int = 0) -> np.ndarray:
+def simulate(seed: int = 0, n_voxels: int = N_VOXELS, n_genes: int = N_GENES) -> np.ndarray:
     """(n_voxels, n_genes) float32: see the module docstring."""
     rng = np.random.default_rng(seed)
     _, atlas = datasets.allen_200um()
     onto, ann = atlas.ontology, atlas.annotation
     excluded = np.concatenate([onto.descendants("fiber tracts"), onto.descendants("VS")])
     grey = (ann > 0) & ~np.isin(ann, excluded)
-    voxels = np.flatnonzero(grey.ravel())[:N_VOXELS]
+    voxels = np.flatnonzero(grey.ravel())[:n_voxels]
     present = np.unique(ann[grey])
     candidates = [s for s in onto.table.index[(onto.table["depth"] >= 5) & (onto.table["depth"] <= 7)]
                   if np.isin(onto.descendants(s), present).any()]
@@ -56,8 +53,8 @@ def simulate(seed: int = 0) -> np.ndarray:
         vol = gaussian_filter(np.isin(ann, ids).astype(np.float64), 1.0)
         programs.append(vol.ravel()[voxels])
     P = np.array(programs).T  # voxels x programs
-    A = rng.gamma(0.3, 1.0, size=(N_PROGRAMS, N_GENES)) * (rng.random((N_PROGRAMS, N_GENES)) < 0.4)
-    X = (P @ A) * rng.lognormal(0, 0.3, size=(N_VOXELS, N_GENES))
+    A = rng.gamma(0.3, 1.0, size=(N_PROGRAMS, n_genes)) * (rng.random((N_PROGRAMS, n_genes)) < 0.4)
+    X = (P @ A) * rng.lognormal(0, 0.3, size=(len(voxels), n_genes))
     return X.astype(np.float32)
 
 
@@ -70,19 +67,21 @@ def gemm_peak() -> float:
     return 3 * 2 * 4096 ** 3 / (time.perf_counter() - t) / 1e9
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = common.parser(__doc__)
     ap.add_argument("-k", type=int, default=11)
     ap.add_argument("-n", type=int, default=16, help="bootstrap replicates")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     t = time.perf_counter()
-    X = simulate()
+    if args.quick:  # the same code on tiny sizes (CI): 2,000 voxels x 300 genes
+        args.k, args.n = 3, 2
+    X = simulate(n_voxels=2000, n_genes=300) if args.quick else simulate()
     print(f"simulated {X.shape} in {time.perf_counter() - t:.1f} s", flush=True)
     peak = gemm_peak()
     print(f"float32 GEMM peak: {peak:.1f} GFLOP/s", flush=True)
     n, m = X.shape
     t0 = time.perf_counter()
-    res = drain(fit_replicates(X, args.k, list(range(args.n)), resample="genes", seed=0))
+    res = drain(fit_replicates(X, args.k, list(range(args.n)), resample="genes", random_state=0))
     t_ours = time.perf_counter() - t0
     R, K = args.n, args.k
     nm2 = 2 * n * m
@@ -96,15 +95,14 @@ def main():
     ref_obj, ref_iter = [], []
     X64 = X.astype(np.float64).T  # genes x voxels, as osNMF fits
     for b in range(args.n):
-        idx = np.random.RandomState(b).choice(N_GENES, N_GENES, replace=True)
+        idx = np.random.RandomState(b).choice(m, m, replace=True)
         mdl = NMF(n_components=args.k, random_state=0).fit(X64[idx])
         ref_obj.append(mdl.reconstruction_err_ ** 2)
         ref_iter.append(int(mdl.n_iter_))
     t_ref = time.perf_counter() - t0
     ratio = res.objective / np.array(ref_obj)
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "data": f"SIMULATION from the real CCFv3 annotation: {N_VOXELS} voxels x {N_GENES} genes",
+        "data": f"SIMULATION from the real CCFv3 annotation: {n} voxels x {m} genes",
         "k": args.k, "n_replicates": args.n,
         "reference_s_per_replicate": t_ref / args.n, "ours_s_per_replicate": t_ours / args.n,
         "speedup_per_replicate": t_ref / t_ours, "passes": res.n_iter.tolist(), "reference_iterations": ref_iter,
@@ -113,8 +111,7 @@ def main():
         "objective_ratio_ours_over_sklearn": ratio.tolist(),
     }
     result["share_of_peak_overall"] = result["ours_gemm_gflops_overall"] / peak
-    out = Path(__file__).parent / "results" / "stability_allen_scale.json"
-    out.write_text(json.dumps(result, indent=2))
+    common.write(args, "stability_allen_scale", result)
     print(json.dumps(result, indent=2))
 
 

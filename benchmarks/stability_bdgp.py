@@ -15,17 +15,13 @@ Ours: ``napari_spatial_nmf.core.stability.iter_stability`` with the same replica
 Writes benchmarks/results/stability_bdgp.json and prints a markdown table.
 """
 
-import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
+import benchmarks_common as common
 import numpy as np
-from benchmarks_common import bdgp_matrix
 from scipy.optimize import linear_sum_assignment
 from sklearn.decomposition import NMF
 
@@ -59,22 +55,24 @@ def reference(X, ks, n):
     return out, objective
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = common.parser(__doc__)
     ap.add_argument("--k-min", type=int, default=15)
     ap.add_argument("--k-max", type=int, default=30)
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=50)
-    args = ap.parse_args()
-    X = bdgp_matrix()
+    args = ap.parse_args(argv)
+    if args.quick:  # the same code on tiny sizes (CI)
+        args.k_min, args.k_max, args.n, args.batch_size = 4, 5, 3, 3
+    X = common.bdgp_matrix()
     ks = list(range(args.k_min, args.k_max + 1))
     print(f"BDGP {X.shape}, K={ks[0]}..{ks[-1]}, N={args.n}", flush=True)
     with tempfile.TemporaryDirectory() as store:
         t0 = time.perf_counter()
         ours = drain(iter_stability(X, ks, args.n, batch_size=args.batch_size, store=store))
         t_ours = time.perf_counter() - t0
-        obj_ours = {k: [float(np.load(Path(store) / f"k{k:03d}" / f"r{b:04d}.npz")["objective"]) for b in range(args.n)]
-                    for k in ks}
+        obj_ours = {k: [float(np.load(Path(store) / f"k{k:03d}" / f"r{b:04d}.npz", allow_pickle=False)["objective"])
+                        for b in range(args.n)] for k in ks}
     print(f"ours: {t_ours:.1f} s", flush=True)
     t0 = time.perf_counter()
     ref, obj_ref = reference(X, ks, args.n)
@@ -85,7 +83,6 @@ def main():
               "ours_sd": float(ours.table.set_index("k").loc[k, "sd"])} for k in ks]
     ref_best = min(ks, key=lambda k: ref[k][0])
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
         "data": "BDGP Drosophila embryo ISH, 405 pixels x 1,640 images (Wu et al. 2016)",
         "k_range": ks, "n_replicates": args.n, "batch_size": args.batch_size,
         "time_reference_s": t_ref, "time_ours_s": t_ours, "speedup": t_ref / t_ours,
@@ -95,8 +92,7 @@ def main():
                                               "share_within_1pct": float((ratios <= 1.01).mean())},
         "table": table,
     }
-    out = Path(__file__).parent / "results" / "stability_bdgp.json"
-    out.write_text(json.dumps(result, indent=2))
+    common.write(args, "stability_bdgp", result)
     print(f"\nreference {t_ref:.1f} s, ours {t_ours:.1f} s, speed-up {t_ref / t_ours:.1f}x; "
           f"argmin reference {ref_best}, ours {ours.best_k}; max |Δ| {result['max_abs_instability_difference']:.4f}")
     print(f"objective ours/sklearn per replicate: max {ratios.max():.4f}, mean {ratios.mean():.4f}, "

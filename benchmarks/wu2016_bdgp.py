@@ -11,12 +11,9 @@ docs/stability.md): their solver was SPAMS online dictionary learning with unit-
     .venv/bin/python benchmarks/wu2016_bdgp.py
 """
 
-import argparse
-import json
 import time
-from pathlib import Path
 
-from benchmarks_common import bdgp_matrix
+import benchmarks_common as common
 
 from napari_spatial_nmf.core import drain
 from napari_spatial_nmf.core.stability import iter_stability
@@ -27,13 +24,15 @@ SCHEMES = {
 }
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def main(argv=None):
+    ap = common.parser(__doc__)
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
-    args = ap.parse_args()
-    X = bdgp_matrix()
+    args = ap.parse_args(argv)
+    X = common.bdgp_matrix()
     ks = list(range(15, 31))
+    if args.quick:  # the same code on tiny sizes (CI)
+        ks, args.n = [4, 5], 3
     out = {"n_replicates": args.n}
     for name in args.schemes:
         scheme = SCHEMES[name]
@@ -43,7 +42,7 @@ def main():
                      "table": res.table.to_dict(orient="records")}
         print(name, res.best_k, f"{out[name]['seconds']:.0f} s", flush=True)
         print(res.table.to_string(index=False), flush=True)
-    (Path(__file__).parent / "results" / "wu2016_bdgp.json").write_text(json.dumps(out, indent=2))
+    common.write(args, "wu2016_bdgp", out)
 
 
 if __name__ == "__main__":
