@@ -17,6 +17,22 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-from . import core, datasets, io, pl, tl
-
 __all__ = ["__version__", "core", "datasets", "io", "pl", "tl"]
+_SUBMODULES = {"core", "datasets", "io", "pl", "tl", "pipeline", "results"}
+
+
+def __getattr__(name: str):
+    """Import the submodules on first use, so the command line's ``--help`` and napari's plugin
+    discovery do not pay for scanpy, scikit-learn and numba (PEP 562).
+    """
+    if name in _SUBMODULES:
+        import importlib
+
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_SUBMODULES})

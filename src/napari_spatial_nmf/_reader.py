@@ -42,15 +42,35 @@ def _npz_is_stack(path: Path) -> bool:
     return bool(names & {"stack", "images", "energy", "data", "X", "volumes"}) or {"table", "image_names"} <= names
 
 
-def _our_tif(path: Path) -> bool:
+def _tif_description(path: Path) -> dict | None:
+    """The JSON description this plugin writes into its .tif files, or None if it is not one
+    (not a TIFF, no description, not JSON, not marked as ours): napari then uses its own reader.
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tf:
             desc = tf.pages[0].description or ""
     except Exception:  # noqa: BLE001 - not a readable TIFF: not ours
-        return False
-    return TIF_MARKER in desc
+        return None
+    if TIF_MARKER not in desc:
+        return None
+    try:
+        meta = json.loads(desc)
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("marker") == TIF_MARKER else None
+
+
+def _our_tif(path: Path) -> bool:
+    return _tif_description(path) is not None
+
+
+def _numbers(value, n=None) -> list[float] | None:
+    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                           for v in value):
+        return None
+    return [float(v) for v in value] if n is None or len(value) == n else None
 
 
 def _is_brainglobe_manifest(path: Path) -> bool:
@@ -78,12 +98,25 @@ def _read_tif(path):
     import tifffile
 
     p = Path(path)
+    meta = _tif_description(p) or {}
     with tifffile.TiffFile(p) as tf:
         data = tf.asarray()
-        meta = json.loads(tf.pages[0].description)
-    kwargs = {k: meta[k] for k in ("name", "scale", "translate", "colormap", "contrast_limits", "axis_labels")
-              if k in meta}
-    kwargs["metadata"] = {k: v for k, v in meta.get("metadata", {}).items() if k != RESULT_ID}
+    # only well-formed fields are used: a hand-edited description cannot break the layer
+    kwargs = {}
+    if isinstance(meta.get("name"), str):
+        kwargs["name"] = meta["name"]
+    for key in ("scale", "translate"):
+        v = _numbers(meta.get(key), data.ndim)
+        if v is not None:
+            kwargs[key] = v
+    limits = _numbers(meta.get("contrast_limits"), 2)
+    if limits is not None and limits[1] > limits[0]:
+        kwargs["contrast_limits"] = limits
+    labels = meta.get("axis_labels")
+    if isinstance(labels, list) and len(labels) == data.ndim and all(isinstance(a, str) for a in labels):
+        kwargs["axis_labels"] = labels
+    extra = meta.get("metadata")
+    kwargs["metadata"] = {k: v for k, v in extra.items() if k != RESULT_ID} if isinstance(extra, dict) else {}
     return [(data, kwargs, "image")]
 
 
@@ -97,6 +130,19 @@ def _volume_result_keys(adata) -> list[str]:
         return []
     return [k[2:] for k in adata.obsm if k.startswith("X_") and f"{k[2:]}_coefficients" in adata.varm
             and k[2:] in adata.uns]
+
+
+def _h5ad_is_ours(path: Path) -> bool:
+    """An .h5ad with cell coordinates (``obsm/spatial``) or a volume result (``uns/grid`` and
+    ``obs/voxel``), from its HDF5 structure alone; others are left to other readers.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "obsm/spatial" in f or ("uns/grid" in f and "obs/voxel" in f)
+    except (OSError, ValueError):
+        return False
 
 
 def _read_h5ad(path):
@@ -137,7 +183,7 @@ def get_reader(path):
     if name.endswith(".zip"):
         return _read_allen if io.is_allen_zip(p) else None
     if name.endswith(".h5ad"):
-        return _read_h5ad
+        return _read_h5ad if _h5ad_is_ours(p) else None
     if name.endswith(".nrrd"):
         return _read_atlas if _is_label_nrrd(p) else _read_stack
     if name.endswith(".npz"):

@@ -17,6 +17,7 @@ unless --overwrite) and prints a JSON summary that lists them. Exit status: 0 on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -144,17 +145,37 @@ def _print_summary(summary: dict) -> None:
     print(json.dumps(summary, indent=2, default=str))
 
 
+def _inputs_of(args) -> list[tuple[str, str]]:
+    """The files a command reads, for :class:`~napari_spatial_nmf.pipeline.OutputFolder`'s ``protect``."""
+    paths = [*(getattr(args, "volumes", None) or []), *(getattr(args, "sections", None) or [])]
+    for name in ("cells", "atlas", "ontology"):
+        value = getattr(args, name, None)
+        if value and not str(value).startswith("brainglobe:"):
+            paths.append(value)
+    return [(p, "reads (an input)") for p in paths]
+
+
+def _check_out(args, extra=()) -> None:
+    """Refuse an unusable --out before reading anything (it is checked again when written)."""
+    from ._output import OutputFolder
+
+    OutputFolder(args.out, overwrite=args.overwrite, protect=[*_inputs_of(args), *extra])
+
+
 def _run(args) -> int:
     from . import pipeline
 
+    _check_out(args)
     data, atlas = _load_input(args)
     if args.cells:
         _, summary = pipeline.run_cells(data, args.k, args.out, random_state=args.random_state,
-                                        max_iter=args.max_iter, overwrite=args.overwrite, progress=_progress(args))
+                                        max_iter=args.max_iter, overwrite=args.overwrite, protect=_inputs_of(args),
+                                        progress=_progress(args))
     else:
         _, summary = pipeline.run_volumes(data, args.k, args.out, atlas=atlas, random_state=args.random_state,
                                           missing=args.missing, max_iter=args.max_iter, min_voxels=args.min_voxels,
-                                          overwrite=args.overwrite, progress=_progress(args))
+                                          overwrite=args.overwrite, protect=_inputs_of(args),
+                                          progress=_progress(args))
     _print_summary(summary)
     return 0
 
@@ -164,13 +185,14 @@ def _stability(args) -> int:
 
     from . import pipeline, tl
 
+    store = args.store or args.out.with_name(args.out.name + ".store")
+    _check_out(args, [(store, "keeps its fits in (the results store)")])
     data, atlas = _load_input(args)
     adata = data if args.cells else data.to_anndata(mask=atlas.mask if atlas is not None else None)
     layer = None
     if args.missing == "impute" and np.isnan(np.asarray(adata.X, dtype=np.float32)).any():
         tl.impute_knn(adata)
         layer = "imputed"
-    store = args.store or args.out.with_name(args.out.name + ".store")
     bar = _progress(args)
 
     def report(p):
@@ -184,7 +206,7 @@ def _stability(args) -> int:
                                         matching=args.matching, similarity=args.similarity, backend=args.backend,
                                         scheduler=args.scheduler, layer=layer,
                                         missing="zero" if args.missing == "zero" else "raise",
-                                        overwrite=args.overwrite, progress=report)
+                                        overwrite=args.overwrite, protect=_inputs_of(args), progress=report)
     bar.close()
     _print_summary(summary)
     return 0
@@ -193,11 +215,12 @@ def _stability(args) -> int:
 def _nnmf(args) -> int:
     from . import io, pipeline
 
+    _check_out(args)
     adata = io.read_cells(args.cells, spatial_key=args.spatial_key)
     _, summary = pipeline.run_nnmf(adata, args.k, args.out, label_key=args.label_key, random_state=args.random_state,
                                    lengthscale=args.lengthscale, slice_key=args.slice_key, spatial_key=args.spatial_key,
                                    max_iter=args.max_iter, filter_cells=not args.keep_empty_cells,
-                                   overwrite=args.overwrite, progress=_progress(args))
+                                   overwrite=args.overwrite, protect=_inputs_of(args), progress=_progress(args))
     _print_summary(summary)
     return 0
 
@@ -207,6 +230,7 @@ def _integrate(args) -> int:
 
     if bool(args.sections) == bool(args.cells):
         raise ValueError("Give either --sections (one file per section) or --cells with --section-key.")
+    _check_out(args)
     if args.sections:
         data = [io.read_cells(p) for p in args.sections]
         names = args.section_names or [Path(p).name.split(".")[0] for p in args.sections]
@@ -216,10 +240,11 @@ def _integrate(args) -> int:
         data, names = io.read_cells(args.cells), None
     _, summary = pipeline.run_integration(
         data, args.k, args.out, method=args.method, section_key=args.section_key, section_names=names,
-        n_steps=args.steps, variant=args.variant, n_hvgs=args.n_hvgs or None, max_iter=args.max_iter,
+        n_steps=args.steps, variant=args.variant, n_hvgs=None if args.n_hvgs == 0 else args.n_hvgs,
+        max_iter=args.max_iter,
         random_state=args.random_state, label_key=args.label_key, n_domains=args.n_domains,
         reconstruct=args.reconstruct_3d, spacing=args.spacing if len(args.spacing) > 1 else args.spacing[0],
-        um_per_unit=args.um_per_unit, overwrite=args.overwrite, progress=_progress(args))
+        um_per_unit=args.um_per_unit, overwrite=args.overwrite, protect=_inputs_of(args), progress=_progress(args))
     _print_summary(summary)
     return 0
 
@@ -320,10 +345,55 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signum)
+
+
+def _message(exc: BaseException) -> str:
+    """One line for any failure: what went wrong and, where we know it, what to do."""
+    import errno
+
+    if isinstance(exc, KeyboardInterrupt):
+        return ("interrupted: nothing was written to --out (it is as it was); a stability sweep keeps its finished "
+                "fits "
+                "in its store and resumes when run again.")
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, MemoryError):
+        return (f"out of memory ({exc or 'an allocation failed'}): use fewer observations, genes or replicates, or "
+                f"a machine with more memory (set NAPARI_SPATIAL_NMF_MEMORY_LIMIT to refuse such runs up front).")
+    if isinstance(exc, OverflowError):
+        return f"a number is out of range ({exc}): check the options' values and the coordinates' scale."
+    if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError)):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return (f"the disk is full{where}: nothing was written to --out; free some space (a stability sweep "
+                    "keeps its finished fits in its store) and run again.")
+        if isinstance(exc, (TimeoutError, ConnectionError)):
+            return f"a connection failed: {exc}"
+        return f"{exc.strerror or type(exc).__name__}{where}: {exc}"
+    text = str(exc) or type(exc).__name__
+    if not isinstance(exc, (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError)):
+        text = f"{type(exc).__name__}: {text} (unexpected; set NAPARI_SPATIAL_NMF_DEBUG=1 for the traceback)"
+    return " ".join(text.split())
+
+
 def main(argv=None) -> int:
-    """Entry point of ``napari-spatial-nmf``; returns the exit status."""
+    """Entry point of ``napari-spatial-nmf``; returns the exit status.
+
+    Every failure ends with one line on stderr and exit status 2, an interruption
+    (Ctrl-C, SIGTERM, SIGHUP) included: the output folder is then as it was, and temporary
+    files are removed.
+    """
+    import signal
+
     args = parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
+    previous = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. a test runner's worker)
+                previous[sig] = signal.signal(sig, _interrupt)
     try:
         if args.command == "demo":
             if not args.headless and _has_display():
@@ -331,10 +401,14 @@ def main(argv=None) -> int:
             return _demo_headless(args.out, args.overwrite)
         return {"run": _run, "stability": _stability, "nnmf": _nnmf,
                 "integrate": _integrate}[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, PermissionError, ImportError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"napari-spatial-nmf: error: {msg}", file=sys.stderr)
+    except (Exception, KeyboardInterrupt) as exc:
+        if os.environ.get("NAPARI_SPATIAL_NMF_DEBUG") == "1":
+            raise
+        print(f"napari-spatial-nmf: error: {_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

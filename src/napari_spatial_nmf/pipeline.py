@@ -13,10 +13,7 @@ that come from data (pattern names) are sanitised (:func:`safe_filename`).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import pl, tl
+from ._output import AtomicPaths, OutputFolder
 from .core._progress import Progress, drain
 from .io import Atlas, Stack
 
@@ -38,73 +36,6 @@ def safe_filename(name: str) -> str:
     """
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
     return s or "unnamed"
-
-
-class OutputFolder:
-    """One complete set of output files, or none.
-
-    Checked when created (before any computation): ``out`` must not be a file or lie under
-    one, and must be empty or absent unless ``overwrite``. Inside the ``with`` block, files
-    go to a temporary sibling folder; on success it replaces ``out`` (the old set is removed
-    as a whole), on an error it is deleted and ``out`` is left as it was.
-
-    Raises
-    ------
-    ValueError
-        ``out`` is a file, sits under a file, or holds files and ``overwrite`` is False.
-    PermissionError
-        The folder that would hold ``out`` is not writable (raised on entering the block,
-        still before any computation).
-    """
-
-    def __init__(self, out, *, overwrite: bool = False):
-        self.out = Path(out).expanduser().absolute()
-        for parent in [self.out, *self.out.parents]:
-            if parent.exists() and not parent.is_dir():
-                where = "is a file" if parent == self.out else f"lies under {parent}, which is a file"
-                raise ValueError(f"The output folder {self.out} {where}: choose a folder path.")
-        if self.out.is_dir() and any(self.out.iterdir()) and not overwrite:
-            raise ValueError(f"The output folder {self.out} is not empty. Choose a new folder, or pass --overwrite "
-                             "(overwrite=True) to replace its whole contents with this run's files.")
-        self.tmp: Path | None = None
-        self.files: dict[str, str] = {}
-
-    def __enter__(self) -> OutputFolder:
-        parent = self.out.parent
-        existing = next(p for p in [parent, *parent.parents] if p.exists())
-        if not os.access(existing, os.W_OK):
-            raise PermissionError(f"Cannot write the output folder {self.out}: {existing} is not writable. "
-                                  "Choose a folder you can write to.")
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = parent / f".{self.out.name}.partial-{uuid.uuid4().hex[:8]}"
-            self.tmp.mkdir()
-        except OSError as exc:
-            raise PermissionError(f"Cannot write the output folder {self.out} ({exc.strerror}). Choose a folder you "
-                                  "can write to.") from None
-        return self
-
-    def path(self, name: str, what: str | None = None) -> Path:
-        """Where to write ``name`` (relative, may include one subfolder); recorded as ``what``."""
-        rel = Path(name)
-        if rel.is_absolute() or ".." in rel.parts:
-            raise ValueError(f"Output names are relative file names; got {name!r}.")
-        p = self.tmp / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        self.files[what or rel.as_posix()] = rel.as_posix()
-        return p
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(self.out, old)
-        os.replace(self.tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _summary(folder: OutputFolder, summary: dict) -> dict:
@@ -128,7 +59,7 @@ def _best(table: pd.DataFrame) -> dict:
 
 def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = None, random_state: int = 0,
                 missing: str = "impute", max_iter: int = 200, min_voxels: int = 50, key: str = "nmf",
-                overwrite: bool = False, progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
+                overwrite: bool = False, protect=(), progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
     """NMF of a gene stack (inside the atlas mask), region correlation, osNMF read-outs.
 
     Parameters
@@ -153,6 +84,8 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
         See :func:`napari_spatial_nmf.tl.nmf` and :func:`napari_spatial_nmf.tl.region_correlation`.
     overwrite : bool
         Replace a non-empty ``out`` as a whole.
+    protect : iterable of (path, role)
+        Files the run needs (its inputs): ``out`` may not hold them (:class:`OutputFolder`).
     progress : callable, optional
         Called with every :class:`~napari_spatial_nmf.core.Progress`.
 
@@ -171,9 +104,10 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
     if atlas is not None and atlas.annotation.shape != stack.data.shape[1:]:
         raise ValueError(f"The volumes have grid shape {stack.data.shape[1:]} but the atlas has "
                          f"{atlas.annotation.shape}: they must be on the same grid.")
+    folder = OutputFolder(out, overwrite=overwrite, protect=protect)
     adata = stack.to_anndata(mask=atlas.mask if atlas is not None else None)
     tl.check_nmf_input(adata, n_components, missing="zero" if missing in ("impute", "zero") else "raise")
-    with OutputFolder(out, overwrite=overwrite) as folder:
+    with folder:
         layer, nmf_missing = None, missing
         if missing == "impute":
             nmf_missing = "raise"
@@ -232,16 +166,25 @@ def write_osnmf_suite(res: dict, out) -> dict:
     dict
         A JSON-ready summary.
     """
+    if isinstance(out, OutputFolder):
+        return _write_suite(res, out.path)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = AtomicPaths(folder)
+    try:
+        summary = _write_suite(res, path)
+    except BaseException:
+        path.discard()
+        raise
+    path.commit()
+    return summary
+
+
+def _write_suite(res: dict, path) -> dict:
     import networkx as nx
 
     from .core.atlas_stats import best_combinations
 
-    if isinstance(out, OutputFolder):
-        path = out.path
-    else:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = AtomicPaths(folder)
     summary: dict = {}
     res["marker_genes"].to_csv(path("marker_genes.csv"), index=False)
     rec = res["reconstruction_accuracy"]
@@ -267,36 +210,12 @@ def write_osnmf_suite(res: dict, out) -> dict:
             "counts": {k: int(res["counts"][k]) for k in ("n_structures", "n_pairs", "n_triples")},
             "best": {r.pattern: {"structures": r.structures, "r": float(r.score)} for r in best.itertuples()}}
     path("osnmf_parameters.json").write_text(json.dumps(res["params"], indent=2, default=str))
-    if not isinstance(out, OutputFolder):
-        path.commit()
     return summary
 
 
-class AtomicPaths:
-    """For writing into an existing folder: each file goes to a temporary name first and is
-    renamed into place by :meth:`commit` (a crash never leaves a half-written file).
-    """
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.pending: list[tuple[Path, Path]] = []
-
-    def __call__(self, name: str, what: str | None = None) -> Path:
-        """The temporary path to write ``name`` to."""
-        final = self.folder / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
-        self.pending.append((tmp, final))
-        return tmp
-
-    def commit(self) -> None:
-        """Move every written file into place."""
-        for tmp, final in self.pending:
-            os.replace(tmp, final)
-
-
 def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 0, max_iter: int = 200,
-              key: str = "nmf", overwrite: bool = False, progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
+              key: str = "nmf", overwrite: bool = False, protect=(),
+              progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
     """NMF of a cell point cloud; writes ``result.h5ad``, ``gene_coefficients.csv``,
     ``cell_weights.csv``, ``patterns.png`` and ``summary.json`` to ``out`` (one complete
     set, see :class:`OutputFolder`). The input AnnData is not changed.
@@ -306,8 +225,9 @@ def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 
     (AnnData, dict)
         The result (a copy) and the summary.
     """
+    folder = OutputFolder(out, overwrite=overwrite, protect=protect)
     tl.check_nmf_input(adata, n_components)
-    with OutputFolder(out, overwrite=overwrite) as folder:
+    with folder:
         res = drain(tl.iter_nmf(adata, n_components, random_state=random_state, max_iter=max_iter, key_added=key,
                                 copy=True), progress)
         names = list(res.uns[key]["pattern_names"])
@@ -326,7 +246,7 @@ def run_cells(adata: ad.AnnData, n_components: int, out, *, random_state: int = 
 def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=None, random_state: int = 0,
                   resample: str = "genes", matching: str = "hungarian", similarity: str = "cosine",
                   backend: str = "local", scheduler=None, batch_size: int = 25, layer: str | None = None,
-                  missing: str = "raise", overwrite: bool = False,
+                  missing: str = "raise", overwrite: bool = False, protect=(),
                   progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
     """StaNMF sweep + final model at the chosen K; writes ``stability.csv``,
     ``instability.png``, ``result.h5ad``, ``gene_coefficients.csv`` and ``summary.json``.
@@ -340,10 +260,12 @@ def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=N
     (AnnData, dict)
         The result (a copy) and the summary.
     """
+    folder = OutputFolder(out, overwrite=overwrite,
+                          protect=[*protect, (store, "keeps its fits in (the results store)")])
     gen = tl.iter_stability(adata, k_range, n_replicates, layer=layer, missing=missing, resample=resample,
                             matching=matching, similarity=similarity, random_state=random_state,
                             batch_size=batch_size, store=store, backend=backend, scheduler=scheduler, copy=True)
-    with OutputFolder(out, overwrite=overwrite) as folder:
+    with folder:
         res = drain(gen, progress)
         rec = res.uns["stability"]
         table = rec["table"]
@@ -360,7 +282,8 @@ def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=N
 
 
 def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None = None, random_state: int = 0,
-             overwrite: bool = False, progress: ProgressCallback = None, **kwargs) -> tuple[ad.AnnData, dict]:
+             overwrite: bool = False, protect=(), progress: ProgressCallback = None,
+             **kwargs) -> tuple[ad.AnnData, dict]:
     """Neighbourhood NMF of a cell AnnData (:func:`napari_spatial_nmf.tl.nnmf`, ``filter_cells=True``
     by default); writes ``result.h5ad``, ``gene_signatures.csv``, ``top_genes.csv``,
     ``domains.csv``, ``domains.png`` (with the expert labels beside them when
@@ -377,8 +300,9 @@ def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None
     if label_key is not None and label_key not in adata.obs:
         raise KeyError(f"label_key {label_key!r} is not a column of obs ({list(adata.obs.columns)}).")
     kwargs.setdefault("filter_cells", True)
+    folder = OutputFolder(out, overwrite=overwrite, protect=protect)
     gen = tl.iter_nnmf(adata, n_components, random_state=random_state, copy=True, **kwargs)
-    with OutputFolder(out, overwrite=overwrite) as folder:
+    with folder:
         res = drain(gen, progress)
         rec = res.uns["nnmf"]
         summary = {"n_cells": res.n_obs, "n_fitted_cells": rec["n_fitted_cells"], "n_components": n_components,
@@ -429,7 +353,8 @@ def program_table(adata: ad.AnnData, key: str = "integration", n_top: int = 20) 
 
 def run_integration(sections, n_factors: int, out, *, label_key: str | None = None, n_domains: int | None = None,
                     reconstruct: bool = False, spacing=10.0, um_per_unit: float | None = None,
-                    overwrite: bool = False, progress: ProgressCallback = None, **kwargs) -> tuple[ad.AnnData, dict]:
+                    overwrite: bool = False, protect=(), progress: ProgressCallback = None,
+                    **kwargs) -> tuple[ad.AnnData, dict]:
     """Integrate sections (:func:`napari_spatial_nmf.tl.integrate`) and write the results.
 
     Files: ``result.h5ad`` (all sections, factors, programs, γ), ``programs.csv`` (top
@@ -438,13 +363,33 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
     ``scores.csv`` (per-section ARI / NMI / ASW) and ``domains.png``, with
     ``reconstruct=True`` ``registration.csv`` and ``cells_3d.csv``, and ``summary.json``.
 
+    Every option is checked before training starts: the label column in every section,
+    ``n_domains``, and with ``reconstruct`` the coordinates' unit and the spacing.
+
     Returns
     -------
     (AnnData, dict)
         The integrated AnnData and the summary.
     """
+    from .core._validation import check_int
+    from .tl._integrate import section_inputs
+    from .tl._reconstruct import check_stacking
+
+    folder = OutputFolder(out, overwrite=overwrite, protect=protect)
+    adatas, names = section_inputs(sections, kwargs.get("section_key"), kwargs.get("section_names"))
+    if label_key is not None:
+        for a, n in zip(adatas, names):
+            if label_key not in a.obs:
+                raise KeyError(f"label_key {label_key!r} is not a column of section {n!r}'s obs (it has "
+                               f"{list(a.obs.columns)}).")
+    if n_domains is not None:
+        check_int(n_domains, "n_domains", minimum=2)
+    if reconstruct:
+        key = kwargs.get("spatial_key", "spatial")
+        C = adatas[0].obsm[key] if key in adatas[0].obsm else np.zeros((0, 2))
+        check_stacking(len(adatas), np.shape(C)[1], adatas[0].uns.get("spatial_unit"), spacing, um_per_unit)
     gen = tl.iter_integrate(sections, n_factors, **kwargs)
-    with OutputFolder(out, overwrite=overwrite) as folder:
+    with folder:
         res = drain(gen, progress)
         rec = res.uns["integration"]
         summary = {"method": rec["method"], "n_cells": res.n_obs, "n_shared_genes": res.n_vars,

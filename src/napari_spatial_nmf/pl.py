@@ -22,6 +22,23 @@ DPI = 150
 HIGHLIGHT = (1.0, 0.85, 0.0)
 
 
+def _need(adata: ad.AnnData, field: str, key: str, tool: str) -> None:
+    """A clear KeyError for a missing result or column (which tool makes it, what there is)."""
+    where = getattr(adata, field)
+    if key not in where:
+        raise KeyError(f"No {field}[{key!r}] in the AnnData (it has {list(where.keys())}): run {tool} first, or "
+                       "pass the key it was stored under.")
+
+
+def _coords(adata: ad.AnnData, basis: str) -> np.ndarray:
+    """The first two coordinate columns of ``obsm[basis]``, refusing missing or all-NaN ones."""
+    _need(adata, "obsm", basis, "a reader that sets coordinates (io.read_cells)")
+    xy = np.asarray(adata.obsm[basis], dtype=np.float64)[:, :2]
+    if not np.isfinite(xy).any():
+        raise ValueError(f"obsm[{basis!r}] holds no finite coordinates (all NaN or infinite): nothing to draw.")
+    return xy
+
+
 def _figure(size, show: bool | None) -> Figure:
     if show:
         import matplotlib.pyplot as plt
@@ -113,6 +130,8 @@ def patterns(adata: ad.AnnData, key: str = "nmf", *, annotation: np.ndarray | No
     from skimage.segmentation import find_boundaries
 
     grid = grid_of(adata)
+    _need(adata, "obsm", f"X_{key}", "tl.nmf")
+    _need(adata, "uns", key, "tl.nmf")
     vols = to_volume(adata, np.asarray(adata.obsm[f"X_{key}"]))
     names = list(adata.uns[key]["pattern_names"])
     coarse = ontology.rollup(annotation, outline_depth) if annotation is not None and ontology is not None else None
@@ -192,7 +211,8 @@ def cell_patterns(adata: ad.AnnData, key: str = "nmf", *, basis: str = "spatial"
     -------
     matplotlib.figure.Figure
     """
-    xy = np.asarray(adata.obsm[basis])[:, :2]
+    _need(adata, "obsm", f"X_{key}", "tl.nmf, tl.nnmf or tl.integrate")
+    xy = _coords(adata, basis)
     W = np.asarray(adata.obsm[f"X_{key}"], dtype=np.float64)
     rec = adata.uns.get(key, {})
     names = names or list(rec.get("pattern_names", rec.get("signature_names", [f"{key} {i + 1}"
@@ -270,6 +290,9 @@ def domains(adata: ad.AnnData, key: str = "nnmf_domain", *, basis: str = "spatia
     """
     from matplotlib.lines import Line2D
 
+    _need(adata, "obs", key, "tl.nnmf or tl.cluster_domains")
+    if groupby is not None:
+        _need(adata, "obs", groupby, "a reader")
     col = adata.obs[key]
     cats = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(col.dropna().unique())
     colors = category_colors(cats, adata, key)
@@ -278,7 +301,7 @@ def domains(adata: ad.AnnData, key: str = "nnmf_domain", *, basis: str = "spatia
         fig, axes = _grid_axes(len(groups), len(groups), (3.4, 3.4), show)
     else:
         fig, axes = ax.figure, [ax]
-    xy = np.asarray(adata.obsm[basis])[:, :2]
+    xy = _coords(adata, basis)
     for a, g in zip(axes, groups):
         sel = np.ones(adata.n_obs, bool) if g is None else (adata.obs[groupby] == g).to_numpy()
         c = [colors.get(str(v), "#808080") if pd.notna(v) else "#808080" for v in col[sel]]

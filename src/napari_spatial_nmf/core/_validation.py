@@ -24,6 +24,7 @@ def as_float_matrix(X, *, name: str = "X", allow_missing: bool = False) -> np.nd
         ``allow_missing``) NaN.
     """
     if sp.issparse(X):
+        check_dense_memory(X.shape, np.float64 if X.dtype.itemsize > 4 else np.float32, name)
         X = X.toarray()
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
@@ -53,6 +54,24 @@ def as_float_matrix(X, *, name: str = "X", allow_missing: bool = False) -> np.nd
             "readers, which turn the code into NaN, or pass it as missing_value."
         )
     return np.ascontiguousarray(X)
+
+
+def check_dense_memory(shape, dtype, name: str = "X") -> None:
+    """Refuse to make a dense (n_obs, n_vars) copy that would not fit in memory (before allocating).
+
+    Raises
+    ------
+    napari_spatial_nmf.core._memory.MemoryLimitError
+        The dense matrix exceeds the memory limit.
+    """
+    from ._memory import check_memory
+
+    n = 1
+    for v in shape:
+        n *= int(v)
+    check_memory(n * np.dtype(dtype).itemsize, f"a dense copy of {name} ({' x '.join(f'{int(v):,}' for v in shape)})",
+                 "This tool needs the matrix in memory: use fewer observations or genes (e.g. highly variable genes), "
+                 "or a method that keeps it sparse (tl.nnmf).")
 
 
 def check_n_components(n_components, n_obs: int, n_vars: int) -> int:

@@ -127,8 +127,13 @@ def volumes_to_anndata(
     data = stack.astype(np.float32, copy=True)
     if missing_value is not None:
         data[data == missing_value] = np.nan
+    given = mask is not None
     if mask is None:
         mask = ~np.isnan(data).all(axis=0)
+        if not mask.any():
+            raise ValueError("Every voxel of every volume is missing (NaN"
+                             + (f" or the missing code {missing_value:g}" if missing_value is not None else "")
+                             + "): there is no data to analyse. Check the files (and the missing-value code).")
     mask = np.asarray(mask)
     if mask.shape != shape:
         raise ValueError(
@@ -136,7 +141,7 @@ def volumes_to_anndata(
             "the same grid (for Allen 200 µm data use the CCF annotation resampled to the ISH grid)."
         )
     mask = mask.astype(bool)
-    if not mask.any():
+    if given and not mask.any():
         raise ValueError("The mask is empty: no voxel is selected. Choose a mask with labels > 0.")
     voxel = np.flatnonzero(mask.ravel()).astype(np.int64)
     X = data.reshape(n_genes, -1)[:, voxel].T.copy()
@@ -179,13 +184,27 @@ def grid_of(adata: ad.AnnData) -> Grid:
             "napari_spatial_nmf.core.volumes_to_anndata or read it with the package's readers."
         )
     g = adata.uns["grid"]
-    return Grid(
-        shape=tuple(int(s) for s in np.asarray(g["shape"])),
-        voxel_size=tuple(float(v) for v in np.asarray(g["voxel_size_um"])),
-        origin=tuple(float(v) for v in np.asarray(g["origin_um"])),
-        axes=tuple(str(a) for a in np.asarray(g["axes"])),
-        voxel=np.asarray(adata.obs["voxel"], dtype=np.int64),
-    )
+    missing = [k for k in ("shape", "voxel_size_um", "origin_um", "axes") if not hasattr(g, "keys") or k not in g]
+    if missing:
+        raise ValueError(f"This AnnData's uns['grid'] lacks {missing}: it was not written by napari-spatial-nmf or "
+                         "was edited. Rebuild it with napari_spatial_nmf.core.volumes_to_anndata.")
+    try:
+        grid = Grid(
+            shape=tuple(int(s) for s in np.asarray(g["shape"]).ravel()),
+            voxel_size=tuple(float(v) for v in np.asarray(g["voxel_size_um"]).ravel()),
+            origin=tuple(float(v) for v in np.asarray(g["origin_um"]).ravel()),
+            axes=tuple(str(a) for a in np.asarray(g["axes"]).ravel()),
+            voxel=np.asarray(adata.obs["voxel"], dtype=np.int64),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"This AnnData's uns['grid'] or obs['voxel'] is malformed ({exc}).") from None
+    n = int(np.prod(grid.shape))
+    if not (len(grid.voxel_size) == len(grid.origin) == len(grid.shape)) or (
+            len(grid.voxel) and (grid.voxel.min() < 0 or grid.voxel.max() >= n)):
+        raise ValueError(f"This AnnData's grid is inconsistent: shape {grid.shape}, voxel size {grid.voxel_size}, "
+                         f"origin {grid.origin}, voxel indices up to {int(grid.voxel.max()) if len(grid.voxel) else 0}"
+                         ".")
+    return grid
 
 
 def to_volume(adata: ad.AnnData, values: np.ndarray, fill: float = np.nan) -> np.ndarray:

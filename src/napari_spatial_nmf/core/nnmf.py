@@ -175,6 +175,56 @@ def default_lengthscale(coords: np.ndarray, groups=None, n_neighbors: int = 14) 
     return float(np.concatenate(dists).mean())
 
 
+MAX_LENGTHSCALE_EXTENTS = 100.0  # a lengthscale over this many times the tissue's extent erases all structure
+
+
+def resolve_lengthscale(coords: np.ndarray, lengthscale: float | None, groups=None, unit: str = "units") -> float:
+    """The kernel lengthscale to use: the given one (checked) or the data's default.
+
+    Parameters
+    ----------
+    coords : numpy.ndarray, (n, 2 or 3)
+        Cell coordinates.
+    lengthscale : float or None
+        The user's lengthscale; None for :func:`default_lengthscale`.
+    groups : array-like, optional
+        Slices (the default is computed within each).
+    unit : str
+        The coordinates' unit, for messages.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    TypeError
+        A lengthscale that is not a number.
+    ValueError
+        A non-positive or non-finite lengthscale; coordinates that span no distance (all
+        cells at one point, or coordinates scaled to ~0); a lengthscale over 100 times the
+        tissue's extent (every cell a neighbour of every other: no spatial structure left).
+    """
+    from ._validation import check_positive
+
+    C = np.asarray(coords, dtype=np.float64)
+    extent = float(np.linalg.norm(np.ptp(C, axis=0))) if len(C) else 0.0
+    if lengthscale is None:
+        ls = default_lengthscale(C, groups)
+        if not np.isfinite(ls) or ls <= 0 or extent <= 0:
+            raise ValueError(f"The cells' coordinates span {extent:g} {unit} and the mean distance to the 14th "
+                             f"neighbour is {ls:g}: the default lengthscale cannot be computed. The coordinates are "
+                             "all at one point or scaled to almost zero; rescale them (e.g. to µm).")
+        return ls
+    ls = check_positive(lengthscale, "lengthscale")
+    if extent > 0 and ls > MAX_LENGTHSCALE_EXTENTS * extent:
+        raise ValueError(f"lengthscale {ls:g} {unit} is over {MAX_LENGTHSCALE_EXTENTS:g} times the tissue's extent "
+                         f"({extent:.4g} {unit}): every cell would be a neighbour of every other and the smoothing "
+                         "would erase all spatial structure. Choose a lengthscale within the tissue (the default, the "
+                         f"mean distance to the 14th neighbour, is {default_lengthscale(C, groups):.4g} {unit}).")
+    return ls
+
+
 @dataclass
 class SpatialKernel:
     """Row-stochastic sparse smoothing matrix S (n x n, CSR float64) and its diagnostics.
@@ -288,7 +338,7 @@ def spatial_kernel(coords: np.ndarray, lengthscale: float, kernel_cutoff: float 
     n = len(coords)
     radius = lengthscale * np.sqrt(-np.log(kernel_cutoff))
     i, j, d2 = neighbor_pairs(coords, radius, groups)
-    w = np.exp(-d2 / lengthscale**2)
+    w = np.exp(-(d2 / lengthscale) / lengthscale)  # never squares a huge lengthscale
     keep = w >= kernel_cutoff
     i, j, w = i[keep], j[keep], w[keep]
     rows = [i, j]

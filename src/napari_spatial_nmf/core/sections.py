@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+MIN_SECTION_CELLS = 15  # a neighbourhood (NNMF's default lengthscale is the distance to the 14th neighbour)
+
 
 @dataclass
 class Sections:
@@ -60,14 +62,17 @@ class Sections:
 
 
 def split_sections(adata: ad.AnnData, section_key: str) -> tuple[list[ad.AnnData], list[str]]:
-    """One AnnData with a section column -> one AnnData per section (views), in order of appearance.
+    """One AnnData with a section column -> one AnnData per section (views).
+
+    Sections come in the column's category order when it is categorical (the order the
+    user set, e.g. serial sections from first to last), else in order of appearance.
 
     Raises
     ------
     KeyError
         No such column.
     ValueError
-        Missing section labels.
+        Missing section labels; different values that read the same (``1`` and ``"1"``).
     """
     if section_key not in adata.obs:
         raise KeyError(f"section_key {section_key!r} is not a column of obs (columns: {list(adata.obs.columns)}).")
@@ -75,9 +80,21 @@ def split_sections(adata: ad.AnnData, section_key: str) -> tuple[list[ad.AnnData
     if col.isna().any():
         raise ValueError(f"obs[{section_key!r}] has {int(col.isna().sum())} cells without a section; give every cell "
                          "its section or drop them.")
-    names = [str(n) for n in pd.unique(col.astype(str))]
-    labels = col.astype(str).to_numpy()
-    return [adata[labels == n] for n in names], names
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        present = np.unique(col.cat.codes.to_numpy())
+        codes = np.searchsorted(present, col.cat.codes.to_numpy())
+        values = list(col.cat.categories[present])
+    else:
+        codes, uniques = pd.factorize(col.to_numpy(dtype=object))
+        values = list(uniques)
+    names = [str(v) for v in values]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        same = [repr(v) for v in values if str(v) in clash]
+        raise ValueError(f"obs[{section_key!r}] holds different values that read the same ({', '.join(same)}), so they "
+                         "cannot name sections: make the column one type, e.g. adata.obs[key] = "
+                         "adata.obs[key].astype(str) if they are one section, or rename them if they are not.")
+    return [adata[codes == i] for i in range(len(values))], names
 
 
 def _matrix(a: ad.AnnData, layer: str | None):
@@ -131,6 +148,37 @@ def check_sections(adatas, names, *, layer: str | None, spatial_key: str) -> Non
     if len(dims) > 1:
         raise ValueError(f"The sections' coordinates have different dimensions ({sorted(dims)}): give all sections "
                          "2-D (x, y) or all 3-D (x, y, z) coordinates.")
+    section_unit(adatas, names)
+
+
+UM_NAMES = {"µm", "um", "μm", "micrometer", "micrometre", "micron", "microns"}
+
+
+def _unit_name(unit) -> str | None:
+    if unit is None:
+        return None
+    u = str(unit).strip()
+    return "µm" if u.lower() in UM_NAMES or u in UM_NAMES else u
+
+
+def section_unit(adatas, names) -> str | None:
+    """The coordinates' unit shared by all sections (``uns["spatial_unit"]``; µm spellings are one).
+
+    Raises
+    ------
+    ValueError
+        Sections in different units, or some with a unit and some without: stacking or
+        integrating them would mix scales silently (a mm section beside a µm one).
+    """
+    units = {n: _unit_name(a.uns.get("spatial_unit")) for a, n in zip(adatas, names)}
+    found = set(units.values())
+    if len(found) <= 1:
+        return found.pop() if found else None
+    said = ", ".join(f"{n}: {u or 'not given'}" for n, u in units.items())
+    raise ValueError(f"The sections' coordinates are in different units ({said}; uns['spatial_unit']). Convert them "
+                     "to one unit first (e.g. multiply a section's obsm['spatial'] by 1000 to go from mm to µm) and "
+                     "set "
+                     "uns['spatial_unit'] on every section.")
 
 
 def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: str = "spatial",
@@ -169,6 +217,9 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
     """
     import scanpy as sc
 
+    if n_hvgs is not None and (isinstance(n_hvgs, bool) or not isinstance(n_hvgs, (int, np.integer)) or n_hvgs < 1):
+        raise ValueError(f"n_hvgs must be a positive number of genes, or None for every shared gene; got "
+                         f"{n_hvgs!r}.")
     check_sections(adatas, names, layer=layer, spatial_key=spatial_key)
     kept, hvgs, report = [], [], {"cells_dropped": {}, "genes_dropped": {}, "hvgs": {}}
     for a, n in zip(adatas, names):
@@ -182,9 +233,10 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
         genes = sc.pp.filter_genes(b, min_cells=min_cells, inplace=False)[0]
         b = b[:, genes].copy()
         report["cells_dropped"][n], report["genes_dropped"][n] = int(n0 - b.n_obs), int(g0 - b.n_vars)
-        if b.n_obs < 3:
-            raise ValueError(f"Section {n!r} keeps {b.n_obs} cells after QC (min_genes={min_genes}); lower the "
-                             "threshold or drop the section.")
+        if b.n_obs < MIN_SECTION_CELLS:
+            raise ValueError(f"Section {n!r} keeps {b.n_obs} cells after QC (min_genes={min_genes}); a section "
+                             f"needs at least {MIN_SECTION_CELLS} cells to have neighbourhoods. Lower the threshold, "
+                             "merge it with its neighbour or drop it.")
         if n_hvgs is None or n_hvgs >= b.n_vars:
             h = list(b.var_names)
         else:

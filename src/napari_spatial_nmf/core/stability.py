@@ -285,6 +285,8 @@ def iter_stability(
     """
     if backend not in ("local", "dask"):
         raise ValueError(f"backend must be 'local' or 'dask'; got {backend!r}.")
+    if backend == "dask":
+        check_scheduler(scheduler)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
     random_state = check_int(random_state, "random_state", minimum=0)
@@ -301,6 +303,42 @@ def iter_stability(
                                          "n_replicates")}
     st = StabilityStore(store, fit_params, fingerprint(X)) if store is not None else None
     return _sweep(X, ks, n_replicates, params, st, backend, scheduler)
+
+
+def check_scheduler(scheduler, timeout: float = 5.0) -> None:
+    """Check, before any work, that dask.distributed is installed and a scheduler address answers.
+
+    Raises
+    ------
+    ImportError
+        dask.distributed is missing (the ``dask`` extra).
+    ValueError
+        The address does not parse, or nothing accepts a connection there within ``timeout`` s.
+    """
+    import socket
+
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ImportError("The dask backend needs dask.distributed: pip install 'napari-spatial-nmf[dask]', or use "
+                          "backend='local'.") from None
+    if scheduler is None or not isinstance(scheduler, str):
+        return
+    from urllib.parse import urlsplit
+
+    address = scheduler if "://" in scheduler else f"tcp://{scheduler}"
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise ValueError(f"The dask scheduler address {scheduler!r} is not host:port (e.g. tcp://127.0.0.1:8786).")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ValueError(f"Cannot reach the dask scheduler at {scheduler} ({exc.strerror or exc}): start it "
+                         "(`dask scheduler`), check the address, or give no scheduler for a local cluster.") from None
 
 
 def _batches(n_replicates: int, batch_size: int) -> list[list[int]]:
@@ -392,7 +430,7 @@ def _dask_sweep(X, todo, params, scheduler, finish, score, counts):
     if isinstance(scheduler, Client):
         client = scheduler
     elif scheduler is not None:
-        client = own = Client(scheduler)
+        client = own = Client(scheduler, timeout="20s")
     else:
         cluster = LocalCluster(n_workers=1, threads_per_worker=os.cpu_count() or 1, processes=False,
                                dashboard_address=None)

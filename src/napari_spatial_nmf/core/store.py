@@ -64,6 +64,7 @@ class StabilityStore:
             raise StoreError(f"Cannot create the results store {self.path}: {exc.strerror}. Choose a writable "
                              "folder.") from None
         self._lock = self._take_lock()
+        self._remove_stale_temporaries()
         manifest = {"format": STORE_FORMAT, "params": params, "data": data_fingerprint}
         mpath = self.path / "manifest.json"
         if mpath.exists():
@@ -103,6 +104,11 @@ class StabilityStore:
                              "folder.") from None
         return f
 
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of a killed sweep (the lock is ours, so no other writer exists)."""
+        for tmp in [*self.path.glob(".*.tmp"), *self.path.glob("k*/.*.tmp.npz")]:
+            tmp.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Release the store's lock (also done when the sweep ends or the object is collected)."""
         if self._lock is not None:
@@ -114,8 +120,12 @@ class StabilityStore:
     @staticmethod
     def _atomic_write(path: Path, payload: bytes) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
+        try:
+            tmp.write_bytes(payload)
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, an interruption: no half-written file stays behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def _file(self, k: int, b: int) -> Path:
         return self.path / f"k{k:03d}" / f"r{b:04d}.npz"
@@ -137,9 +147,13 @@ class StabilityStore:
         f.parent.mkdir(exist_ok=True)
         d = dictionary.astype(np.float32)
         tmp = f.with_name(f".{f.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
-        np.savez(tmp, dictionary=d, objective=np.float64(objective), n_iter=np.int64(n_iter),
-                 sha256=np.array(self._checksum(d, objective, n_iter)))
-        os.replace(tmp, f)
+        try:
+            np.savez(tmp, dictionary=d, objective=np.float64(objective), n_iter=np.int64(n_iter),
+                     sha256=np.array(self._checksum(d, objective, n_iter)))
+            os.replace(tmp, f)
+        except BaseException:  # a full disk, an interruption: no half-written record stays behind
+            tmp.unlink(missing_ok=True)
+            raise
 
     def load(self, k: int, b: int, n_obs: int) -> np.ndarray | None:
         """The record's dictionary, or None (with a warning naming the file) when it is

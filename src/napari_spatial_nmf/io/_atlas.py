@@ -69,6 +69,9 @@ def read_atlas(annotation_path, ontology_path=None) -> Atlas:
     annotation_path = Path(annotation_path)
     if not annotation_path.exists():
         raise FileNotFoundError(f"No such file: {annotation_path}")
+    from ._guards import check_nrrd
+
+    check_nrrd(annotation_path)
     try:
         ann, header = nrrd.read(str(annotation_path))
     except Exception as exc:  # pynrrd raises NRRDError and others  # noqa: BLE001

@@ -19,10 +19,16 @@ def read_h5ad(path) -> ad.AnnData:
         A missing file.
     ValueError
         A file that is not an AnnData.
+    napari_spatial_nmf.core._memory.MemoryLimitError
+        A file whose declared datasets would not fit in memory (checked from its headers
+        before anything is read).
     """
+    from ._guards import check_h5ad
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such file: {path}")
+    check_h5ad(path)
     try:
         return ad.read_h5ad(path)
     except Exception as exc:  # h5py / anndata raise many types for foreign files  # noqa: BLE001

@@ -20,6 +20,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path.name} is not a valid .npz file (an .npz is a zip of .npy arrays; this file is "
                          "not a zip). Save arrays with numpy.savez.")
+    from ._guards import check_npz
+
+    check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -80,6 +83,9 @@ def _read_template(path) -> np.ndarray:
 def _nrrd_stack(path: Path):
     import nrrd
 
+    from ._guards import check_nrrd
+
+    check_nrrd(path)
     try:
         data, header = nrrd.read(str(path))
     except Exception as exc:  # pynrrd raises NRRDError and others on malformed files  # noqa: BLE001

@@ -115,8 +115,13 @@ def stored_matrix(adata: ad.AnnData, layer: str | None):
 
 def dense_matrix(adata: ad.AnnData, layer: str | None) -> np.ndarray:
     """:func:`stored_matrix` as a dense numpy array."""
+    from ..core._validation import check_dense_memory
+
     X = stored_matrix(adata, layer)
-    return np.asarray(X.toarray() if hasattr(X, "toarray") else X)
+    if hasattr(X, "toarray"):
+        check_dense_memory(X.shape, X.dtype, "X" if layer is None else f"layers[{layer!r}]")
+        return np.asarray(X.toarray())
+    return np.asarray(X)
 
 
 def pattern_names(k: int) -> list[str]:

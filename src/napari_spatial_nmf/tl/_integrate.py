@@ -35,7 +35,16 @@ def factor_names(k: int) -> list[str]:
     return [f"F{i + 1}" for i in range(k)]
 
 
-def _inputs(sections, section_key, section_names):
+def section_inputs(sections, section_key=None, section_names=None) -> tuple[list, list[str]]:
+    """The sections as a list of AnnData and their names (no copy, no checks of the data).
+
+    Raises
+    ------
+    TypeError
+        Neither a list of AnnData nor one AnnData.
+    ValueError
+        One AnnData without ``section_key``.
+    """
     if isinstance(sections, ad.AnnData):
         if section_key is None:
             raise ValueError("One AnnData was given: name its section column with section_key=..., or pass a list "
@@ -171,7 +180,7 @@ def iter_integrate(
         raise ValueError(f"variant must be 'auto', 'gat' or 'lgcn'; got {variant!r}.")
     if method == "inspire":
         _insp.torch_module()
-    adatas, names = _inputs(sections, section_key, section_names)
+    adatas, names = section_inputs(sections, section_key, section_names)
     sec = prepare_sections(adatas, names, layer=layer, spatial_key=spatial_key, n_hvgs=n_hvgs, min_genes=min_genes,
                            min_cells=min_cells)
     G = len(sec.genes)

@@ -213,7 +213,7 @@ def iter_nnmf(
         check_int(v, name, minimum=0 if name in ("initial", "small_iter") else 1)
     unit = spatial_unit(adata)
     if coords is not None:
-        ls = _nn.default_lengthscale(coords, slices) if lengthscale is None else lengthscale
+        ls = _nn.resolve_lengthscale(coords, lengthscale, slices, unit)
         _nn.check_kernel_memory(coords, ls, kernel_cutoff, slices, unit=unit)
     _nn.warn_if_not_counts(X)
     params = {"n_components": K, "lengthscale": lengthscale, "kernel_cutoff": float(kernel_cutoff),
@@ -306,7 +306,11 @@ def iter_estimate_lengthscale(
                                     n_grid=check_int(n_grid, "n_grid", minimum=2))
     else:
         grid = np.array([check_positive(v, "each candidate lengthscale") for v in np.atleast_1d(lengthscales)])
+        if grid.size == 0:
+            raise ValueError("lengthscales is empty: give at least one candidate, or None for the default grid.")
     unit = spatial_unit(adata)
+    for v in grid:
+        _nn.resolve_lengthscale(coords, float(v), slices, unit)
     _nn.check_kernel_memory(coords, float(grid.max()), kernel_cutoff, slices, unit=unit)
     yield Progress(0, len(grid), f"scanning {len(grid)} lengthscales, {grid[0]:.3g}–{grid[-1]:.3g} {unit}")
     P = _nn.proportions(X)
@@ -423,7 +427,7 @@ def spatially_variable_genes(
     """
     _, X, coords, slices, _ = cell_input(adata, layer=layer, spatial_key=spatial_key, slice_key=slice_key,
                                          filter_cells=filter_cells, need_coords=True)
-    ls = _nn.default_lengthscale(coords, slices) if lengthscale is None else check_positive(lengthscale, "lengthscale")
+    ls = _nn.resolve_lengthscale(coords, lengthscale, slices, spatial_unit(adata))
     _nn.check_kernel_memory(coords, ls, kernel_cutoff, slices, unit=spatial_unit(adata))
     score = _nn.svg_score(_nn.proportions(X), coords, ls, slices, kernel_cutoff)
     out = target(adata, copy)

@@ -31,6 +31,46 @@ def _embedding(adata: ad.AnnData, key: str) -> tuple[np.ndarray, str]:
     return PCA(n, random_state=0).fit_transform(L), "pca of log-normalised shared genes"
 
 
+UM = ("µm", "um", "micrometer", "micron")
+
+
+def check_stacking(n_sections: int, dims: int, unit, spacing, um_per_unit) -> tuple[np.ndarray, float]:
+    """Check the arguments of a 3D stack before any work (also run before an integration that
+    will be stacked): 2-D sections, a unit in µm or ``um_per_unit``, and spacings.
+
+    Returns
+    -------
+    (gaps, um_per_unit) : the spacing of each of the ``n_sections - 1`` gaps (µm) and µm per unit.
+
+    Raises
+    ------
+    ValueError
+        3-D coordinates, an unknown unit without ``um_per_unit``, a spacing list of the wrong
+        length or a negative or non-finite spacing.
+    TypeError
+        A spacing or ``um_per_unit`` that is not a number.
+    """
+    if dims != 2:
+        raise ValueError(f"reconstruct_3d stacks 2-D sections; the coordinates have {dims} columns.")
+    if um_per_unit is None:
+        if unit not in UM:
+            raise ValueError(f"The coordinates' unit is {unit or 'not given'} (uns['spatial_unit']): pass um_per_unit "
+                             "(--um-per-unit), the µm per coordinate unit, so the stack is in µm.")
+        um_per_unit = 1.0
+    um_per_unit = check_positive(um_per_unit, "um_per_unit")
+    values = [spacing] if np.ndim(spacing) == 0 else list(spacing)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"spacing must be numbers (µm); got {v!r}.")
+    gaps = np.asarray(values, dtype=float)
+    if len(values) == 1:
+        gaps = np.repeat(gaps, max(n_sections - 1, 0))
+    if gaps.shape != (n_sections - 1,) or not np.isfinite(gaps).all() or (gaps < 0).any():
+        raise ValueError(f"spacing needs one non-negative value or {n_sections - 1} (one per gap between the "
+                         f"{n_sections} sections), in µm; got {spacing!r}.")
+    return gaps, um_per_unit
+
+
 def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: str = "section",
                    order: Sequence[str] | None = None, spacing: float | Sequence[float] = 10.0,
                    um_per_unit: float | None = None, k: int = 30, max_cells: int = 20_000,
@@ -77,24 +117,12 @@ def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: 
     """
     check_adata(adata)
     C = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    if C.shape[1] != 2:
-        raise ValueError(f"reconstruct_3d stacks 2-D sections; obsm['spatial'] has {C.shape[1]} columns.")
-    if um_per_unit is None:
-        unit = adata.uns.get("spatial_unit")
-        if unit not in ("µm", "um", "micrometer"):
-            raise ValueError(f"The coordinates' unit is {unit or 'not given'} (uns['spatial_unit']): pass um_per_unit, "
-                             "the µm per coordinate unit, so the stack is in µm.")
-        um_per_unit = 1.0
-    um_per_unit = check_positive(um_per_unit, "um_per_unit")
     sections = adata.obs[section_key]
     order = [str(s) for s in (order if order is not None else sections.cat.categories)]
     unknown = sorted(set(order) - set(sections.astype(str)))
     if unknown:
         raise ValueError(f"Unknown sections {unknown}; the data have {list(sections.cat.categories)}.")
-    gaps = np.broadcast_to(np.asarray(spacing, dtype=float), (len(order) - 1,)) if np.ndim(spacing) == 0 \
-        else np.asarray(spacing, dtype=float)
-    if gaps.shape != (len(order) - 1,) or (gaps < 0).any():
-        raise ValueError(f"spacing needs one non-negative value or {len(order) - 1} (one per gap); got {spacing!r}.")
+    gaps, um_per_unit = check_stacking(len(order), C.shape[1], adata.uns.get("spatial_unit"), spacing, um_per_unit)
     E, basis = _embedding(adata, key)
     lab = sections.astype(str).to_numpy()
     masks = [lab == s for s in order]
