@@ -363,3 +363,29 @@ def test_help_does_not_import_the_science_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.stdout.strip() == "[]"
+
+
+def test_sigterm_mid_run_leaves_nothing_behind(tmp_path, small):
+    """A real signal to a running command: exit status 2 with one line, no output folder, no hidden
+    temporary folder, and the store keeps only whole records."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, cells = small
+    out, store = tmp_path / "O", tmp_path / "S"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_spatial_nmf.cli", "stability", "--cells", str(cells),
+                             "--k-min", "2", "--k-max", "12", "-n", "40", "--store", str(store), "--out", str(out),
+                             "--quiet"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".O.partial-*")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail(f"the run ended (status {proc.returncode}) before it could be interrupted: {proc.stderr.read()}")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip().count("\n") == 0 and "interrupted" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".O*"))
+    assert not [p for p in store.rglob("*") if ".tmp" in p.name]

@@ -29,6 +29,9 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
 
 
+_INTERRUPTED: list[int] = []  # signals received (a KeyboardInterrupt raised inside a C callback can be lost)
+
+
 class TqdmProgress:
     """Renders the core's Progress records as tqdm bars on stderr (one bar per stage)."""
 
@@ -38,9 +41,11 @@ class TqdmProgress:
         self.total = None
 
     def __call__(self, p) -> None:
-        """Show one Progress record (a new bar when the stage changes)."""
+        """Show one Progress record (a new bar when the stage changes); stop if a signal came."""
         from tqdm import tqdm
 
+        if _INTERRUPTED:  # the handler's exception may have been swallowed (numba compiling, a ctypes callback)
+            raise KeyboardInterrupt(_INTERRUPTED[-1])
         if self.bar is None or p.total != self.total or p.step < self.bar.n:
             self.close()
             self.total = p.total
@@ -346,6 +351,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _interrupt(signum, _frame):
+    _INTERRUPTED.append(signum)
     raise KeyboardInterrupt(signum)
 
 
@@ -389,6 +395,14 @@ def main(argv=None) -> int:
 
     args = parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
+    _INTERRUPTED.clear()
+    default_hook = sys.unraisablehook
+
+    def quiet_interrupts(info):  # our KeyboardInterrupt inside a C callback: the flag stops the run instead
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            default_hook(info)
+
+    sys.unraisablehook = quiet_interrupts
     previous = {}
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
@@ -409,6 +423,7 @@ def main(argv=None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = default_hook
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ def read_h5ad(path) -> ad.AnnData:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No such file: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an .h5ad file (a SpatialData store is a folder with a 'tables' "
+                         "group; give the .h5ad file or the store).")
     check_h5ad(path)
     try:
         return ad.read_h5ad(path)

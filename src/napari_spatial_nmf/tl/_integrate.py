@@ -178,6 +178,17 @@ def iter_integrate(
     n_steps = check_int(n_steps, "n_steps", minimum=1)
     if variant not in ("auto", *_insp.VARIANTS):
         raise ValueError(f"variant must be 'auto', 'gat' or 'lgcn'; got {variant!r}.")
+    random_state = check_int(random_state, "random_state", minimum=0)
+    check_int(min_genes, "min_genes", minimum=0)
+    check_int(min_cells, "min_cells", minimum=0)
+    check_int(batch_size, "batch_size", minimum=1)
+    rad_coef = check_positive(rad_coef, "rad_coef")
+    for name, value in (("coef_recon", coef_recon), ("coef_geom", coef_geom)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty name; got {key_added!r}.")
     if method == "inspire":
         _insp.torch_module()
     adatas, names = section_inputs(sections, section_key, section_names)

@@ -75,6 +75,9 @@ def cluster_domains(adata: ad.AnnData, n_domains: int, *, key: str = "integratio
     from sklearn.mixture import GaussianMixture
 
     n_init = check_int(n_init, "n_init", minimum=1)
+    n_domains = check_int(n_domains, "n_domains", minimum=1)
+    if covariance_type not in ("tied", "full", "diag", "spherical"):
+        raise ValueError(f"covariance_type must be 'tied', 'full', 'diag' or 'spherical'; got {covariance_type!r}.")
     name = {"latent": f"X_{key}_latent", "factors": f"X_{key}", "argmax": f"X_{key}"}.get(basis)
     if name is None:
         raise ValueError(f"basis must be 'latent', 'factors' or 'argmax'; got {basis!r}.")
@@ -82,6 +85,8 @@ def cluster_domains(adata: ad.AnnData, n_domains: int, *, key: str = "integratio
         raise KeyError(f"No obsm[{name!r}]: " + ("this result has no latent space (joint NNMF); use "
                                                   "basis='factors'." if basis == "latent" else "run the tool first."))
     E = np.asarray(adata.obsm[name], dtype=np.float64)
+    if basis != "argmax" and n_domains > len(E):
+        raise ValueError(f"n_domains = {n_domains} is more than the {len(E):,} cells.")
     if basis == "argmax":
         lab = E.argmax(axis=1)
     else:
@@ -118,6 +123,9 @@ def integration_scores(adata: ad.AnnData, labels_key: str, *, domain_key: str, k
     pandas.DataFrame
         ``section, ari, nmi, asw, n_cells`` (also in ``uns[f"{key}_scores"]``).
     """
+    for col in (labels_key, domain_key, section_key):
+        if col not in check_adata(adata).obs:
+            raise KeyError(f"{col!r} is not a column of obs (it has {list(adata.obs.columns)}).")
     emb_key = f"X_{key}_latent" if basis == "latent" else f"X_{key}"
     E = np.asarray(adata.obsm[emb_key]) if emb_key in adata.obsm else None
     rows = []
