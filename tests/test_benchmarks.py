@@ -12,6 +12,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 # which shared dataset folder (../shared/data/<folder>) a script needs, or None
 NEEDS = {
+    "cancel_latency.py": None,
     "integration_dlpfc.py": "dlpfc_visium_151673_151676",
     "integration_dlpfc_gmm.py": "dlpfc_visium_151673_151676",
     "integration_scaling.py": "dlpfc_visium_151673_151676",

@@ -28,3 +28,19 @@ def test_code_blocks_run(page, tmp_path):
 def test_api_page_is_current():
     out = subprocess.run([sys.executable, str(ROOT / "docs" / "make_api.py"), "--check"], capture_output=True)
     assert out.returncode == 0, "docs/api.md is out of date: run python docs/make_api.py"
+
+
+def test_command_line_examples_run(tmp_path):
+    """The ```bash examples of docs/cli.md, as a newcomer types them, on the shipped samples."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+    assert blocks, "docs/cli.md has no runnable examples"
+    bindir = Path(sys.executable).parent
+    env = {**__import__("os").environ, "PATH": f"{bindir}:{__import__('os').environ.get('PATH', '')}",
+           "PYTHONWARNINGS": "ignore"}
+    for block in blocks:
+        out = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, capture_output=True, text=True,
+                             env=env, timeout=900)
+        assert out.returncode == 0, f"{block}\n{out.stderr[-3000:]}"
+    for folder in ("allen-nmf", "osmfish-stability", "osmfish-nnmf", "stahl-integrated"):
+        assert (tmp_path / folder / "summary.json").exists(), folder

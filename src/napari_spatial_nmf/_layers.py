@@ -45,7 +45,7 @@ def stack_layers(stack: Stack, name: str | None = None) -> list[tuple]:
     meta = {"axes": list(stack.axes), "voxel_size_um": list(stack.voxel_size),
             **{k: v for k, v in stack.meta.items() if k != "genes"}}
     common = {"scale": stack.voxel_size, "translate": stack.origin, "colormap": "magma", "blending": "additive",
-              "axis_labels": stack.axes, "units": _units("µm", len(stack.axes))}
+              "axis_labels": stack.axes, "units": _units(str(stack.meta.get("unit", "µm")), len(stack.axes))}
     if len(stack.genes) <= SPLIT_STACK_MAX_GENES:
         # one gene shown at a time (the first): additive layers of one colormap would be unreadable
         return [(vol, {**common, "name": gene, "contrast_limits": _limits(vol), "visible": i == 0,
@@ -175,7 +175,8 @@ def pattern_layers(result: Result) -> list[tuple]:
         out.append((vol, {"name": f"{result.source + ' ' if result.source else ''}{names[i]}".strip(),
                           "scale": grid.voxel_size, "translate": grid.origin, "blending": "additive",
                           "colormap": PATTERN_HUES[i % len(PATTERN_HUES)], "contrast_limits": (0.0, 1.0),
-                          "axis_labels": grid.axes, "units": _units("µm", len(grid.shape)), "metadata": meta},
+                          "axis_labels": grid.axes, "metadata": meta,
+                          "units": _units(adata.uns.get("spatial_unit", "µm"), len(grid.shape))},
                     "image"))
     return out
 
@@ -214,3 +215,60 @@ def domain_layer(result: Result, *, column: str, name: str, spatial_key: str = "
     data, kwargs, kind = cells_layer(adata, name, spatial_key=spatial_key, features=feats, color_by="domain")
     kwargs["metadata"].update({RESULT_ID: result.id, "key": result.key})
     return data, kwargs, kind
+
+
+def colorable_columns(adata: ad.AnnData) -> tuple[list[str], list[str]]:
+    """What a cell layer can be coloured by: (obs columns that are numbers or categories, genes)."""
+    obs = [c for c in adata.obs.columns
+           if adata.obs[c].dtype.kind in "biufO" or isinstance(adata.obs[c].dtype, pd.CategoricalDtype)]
+    return obs, [str(g) for g in adata.var_names]
+
+
+def column_values(adata: ad.AnnData, column: str) -> pd.Series:
+    """One obs column, or one gene's expression (``X``, dense), in obs order.
+
+    Raises
+    ------
+    KeyError
+        Neither an obs column nor a gene.
+    """
+    if column in adata.obs:
+        return adata.obs[column].reset_index(drop=True)
+    if column in adata.var_names:
+        j = int(np.flatnonzero(adata.var_names == column)[0])
+        x = adata.X[:, j]
+        x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float32).ravel()
+        return pd.Series(x, name=column)
+    raise KeyError(f"{column!r} is neither an obs column nor a gene of this layer's AnnData.")
+
+
+def recolor_points(layer, column: str, adata: ad.AnnData | None = None) -> dict | None:
+    """Colour a cell Points layer by an obs column or a gene, with the results' conventions:
+    categories from ``uns[f"{column}_colors"]`` (else tab10/tab20) with a legend in
+    ``metadata["legend"]``, numbers through magma with 0 … 99th-percentile limits (a colour
+    bar). The layer's AnnData is not changed; the values become a layer feature.
+
+    Returns
+    -------
+    dict or None
+        The legend ({category: colour}) for categories, None for numbers.
+    """
+    adata = layer.metadata["adata"] if adata is None else adata
+    values = column_values(adata, column)
+    if len(values) != len(layer.data):
+        raise ValueError(f"The layer has {len(layer.data):,} points but the AnnData {len(values):,} cells.")
+    kw = color_kwargs(adata, values, column)
+    legend = kw.pop("_categories", None)
+    feats = layer.features.copy()
+    feats[column] = values.to_numpy()
+    layer.features = feats
+    if legend is not None:
+        layer.face_color = kw["face_color"]
+        layer.metadata["legend"] = {"title": column, "colors": legend}
+    else:
+        layer.metadata.pop("legend", None)
+        layer.face_color = column
+        layer.face_colormap = kw["face_colormap"]
+        layer.face_contrast_limits = kw["face_contrast_limits"]
+    layer.metadata["color_by"] = column
+    return legend

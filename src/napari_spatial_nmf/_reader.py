@@ -153,8 +153,21 @@ def _read_h5ad(path):
     adata = io.read_h5ad(path)
     keys = _volume_result_keys(adata)
     if keys:
-        source = path.parent.name if path.stem == "result" else path.stem
+        recorded = adata.uns[keys[0]].get("source_name") if hasattr(adata.uns[keys[0]], "get") else None
+        # the name it had in napari; else the file's (a command-line run's result.h5ad: its folder's)
+        source = str(recorded) if recorded else (path.parent.name if path.stem == "result" else path.stem)
         return [lt for key in keys for lt in pattern_layers(REGISTRY.add(adata, "nmf", key, source))]
+    if "grid" in adata.uns and "voxel" in adata.obs:  # gene volumes saved as voxels x genes: images again
+        import numpy as np
+
+        from .core.grid import grid_of, to_volume
+
+        grid = grid_of(adata)
+        X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
+        stack = io.Stack(to_volume(adata, np.asarray(X, dtype=np.float32)), [str(g) for g in adata.var_names],
+                         grid.voxel_size, origin=grid.origin, axes=grid.axes,
+                         meta={"source": str(path), "unit": str(adata.uns.get("spatial_unit", "µm"))})
+        return stack_layers(stack, name=path.stem)
     io.check_cells(adata, source=path.name)
     return [cells_layer(adata, name=path.stem)]
 
@@ -166,6 +179,20 @@ def _read_spatialdata(path):
 
 def get_reader(path):
     """Return a reader function for ``path``, or None if this plugin does not read it."""
+    reader = _reader_for(path)
+    if reader is None:
+        return None
+
+    def read(p):
+        from ._canvas import install_on_current_viewer
+
+        install_on_current_viewer()  # scale bar, colour bar, legend, atlas names under the cursor
+        return reader(p)
+
+    return read
+
+
+def _reader_for(path):
     if isinstance(path, list):
         if len(path) != 1:
             return None
@@ -224,14 +251,41 @@ def write_tif(path: str, data, attributes: dict) -> list[str]:
     return [path]
 
 
+def _image_anndata(data, attributes: dict):
+    """A gene image or volume layer as the package's voxel AnnData (voxels x genes, its grid)."""
+    import numpy as np
+
+    from .core.grid import volumes_to_anndata
+
+    data = np.asarray(data, dtype=np.float32)
+    meta = attributes.get("metadata", {}) or {}
+    genes = meta.get("genes")
+    if not (isinstance(genes, list) and len(genes) == data.shape[0] and data.ndim >= 3 and len(genes) > 1):
+        data, genes = data[None], [str(meta.get("gene") or attributes.get("name") or "image")]
+    ndim = data.ndim - 1
+    if ndim not in (2, 3):
+        raise ValueError(f"Only 2-D images and 3-D volumes are saved as .h5ad; this layer is {ndim}-D.")
+    scale = list(attributes.get("scale", ()))[-ndim:] or [1.0] * ndim
+    translate = list(attributes.get("translate", ()))[-ndim:] or [0.0] * ndim
+    axes = meta.get("axes") if isinstance(meta.get("axes"), list) and len(meta["axes"]) == ndim else None
+    units = attributes.get("units")
+    unit = "µm" if units and all(str(u) == "micrometer" for u in units) else "pixel"
+    return volumes_to_anndata(data, genes, voxel_size=scale, origin=translate, axes=axes, unit=unit,
+                              missing_value=meta.get("missing_value"))
+
+
 def write_h5ad(path: str, layer_data: list[tuple]) -> list[str]:
     """Write the result behind the chosen layers (pattern images, cell weights, domains) as
     an .h5ad AnnData with all its keys; a plain cell layer writes its AnnData with the
-    layer's features as obs columns.
+    layer's features as obs columns; a plain gene image or volume writes its voxels x gene
+    AnnData (the package's data model, with its grid), which opens again as the image.
     """
     adatas = []
-    for _data, attributes, _ in layer_data:
+    for data, attributes, kind in layer_data:
         meta = attributes.get("metadata", {})
+        if RESULT_ID not in meta and "adata" not in meta and kind == "image":
+            adatas.append(_image_anndata(data, attributes))
+            continue
         if RESULT_ID in meta:
             adata = REGISTRY.get(meta[RESULT_ID]).adata
         elif "adata" in meta:

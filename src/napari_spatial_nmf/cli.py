@@ -3,6 +3,7 @@
 Commands:
   demo        open napari on the shipped Allen sample (with a display), or run the main
               jobs on the shipped samples and write the results (without one)
+  samples     copy the shipped sample files into a folder, to try the other commands on
   run         NMF of gene volumes or cells, with atlas region read-outs
   stability   choose K by staNMF (bootstrap instability), then fit the final model
   nnmf        neighbourhood NMF of a cell point cloud (spatial gene programs)
@@ -101,17 +102,49 @@ def _demo_headless(out: Path, overwrite: bool) -> int:
     return 0
 
 
-def _demo_gui() -> int:
+def _demo_gui(exit_after: float | None = None) -> int:
+    """Napari with the Allen sample and the docks ready (the NMF dock preselects the genes,
+    the atlas as mask and K = 2). ``exit_after`` seconds: print what is open and close (tests).
+    """
     import napari
 
+    plugin = "napari-spatial-nmf"
     viewer = napari.Viewer(title="napari-spatial-nmf demo")
-    viewer.open_sample("napari-spatial-nmf", "allen_200um")
-    _, nmf = viewer.window.add_plugin_dock_widget("napari-spatial-nmf", "Pattern discovery (NMF)")
-    viewer.window.add_plugin_dock_widget("napari-spatial-nmf", "Region correlation", tabify=True)
-    nmf.inputs.value = [viewer.layers["Allen ISH energy"]]
-    nmf.mask.value = viewer.layers["CCFv3 annotation"]
-    nmf.n_components.value = 2
+    viewer.open_sample(plugin, "allen_200um")
+    _, nmf = viewer.window.add_plugin_dock_widget(plugin, "Pattern discovery (NMF)")
+    viewer.window.add_plugin_dock_widget(plugin, "Region correlation", tabify=True)
+    nmf.n_components.value = min(2, nmf.n_components.max)
+    if exit_after is not None:
+        from qtpy.QtCore import QTimer
+
+        def report_and_close():
+            print(json.dumps({"layers": [lyr.name for lyr in viewer.layers], "docks": list(viewer.window.dock_widgets),
+                              "nmf_inputs": [lyr.name for lyr in nmf.inputs.value],
+                              "nmf_mask": getattr(nmf.mask.value, "name", None), "k": nmf.n_components.value}),
+                  flush=True)
+            viewer.close()
+
+        QTimer.singleShot(int(exit_after * 1000), report_and_close)
     napari.run()
+    return 0
+
+
+def _samples(args) -> int:
+    from .datasets import SAMPLE_FILES, copy_samples
+
+    paths = copy_samples(args.out)
+    print(f"Copied {len(paths)} sample files (real public data; sources and citations in README.md) to {args.out}:")
+    for p in paths:
+        print(f"  {p.name:52s} {SAMPLE_FILES[p.name]}")
+    s = args.out
+    print("Try:\n"
+          f"  napari-spatial-nmf run --volumes {s}/Pdyn_P56_coronal_71717084_200um.zip "
+          f"{s}/Nrp1_P56_coronal_74272479_200um.zip --atlas {s}/annotation_200um_ccf2017_ishgrid.nrrd -k 2 "
+          "--out allen-nmf\n"
+          f"  napari-spatial-nmf nnmf --cells {s}/osmfish_sscortex_6471cells_33genes.h5ad -k 11 --label-key region "
+          "--exclude Excluded --out osmfish-nnmf\n"
+          f"  napari-spatial-nmf integrate --cells {s}/stahl2016_breast_cancer_4layers_3000genes.h5ad "
+          "--section-key section -k 8 --method joint_nnmf --out stahl-integrated")
     return 0
 
 
@@ -222,7 +255,8 @@ def _nnmf(args) -> int:
 
     _check_out(args)
     adata = io.read_cells(args.cells, spatial_key=args.spatial_key)
-    _, summary = pipeline.run_nnmf(adata, args.k, args.out, label_key=args.label_key, random_state=args.random_state,
+    _, summary = pipeline.run_nnmf(adata, args.k, args.out, label_key=args.label_key, exclude=args.exclude or (),
+                                   random_state=args.random_state,
                                    lengthscale=args.lengthscale, slice_key=args.slice_key, spatial_key=args.spatial_key,
                                    max_iter=args.max_iter, filter_cells=not args.keep_empty_cells,
                                    overwrite=args.overwrite, protect=_inputs_of(args), progress=_progress(args))
@@ -288,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--headless", action="store_true", help="never open a window")
     demo.add_argument("--out", type=Path, default=Path("nsnmf-demo"), help="output folder (default nsnmf-demo)")
     demo.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo")
+    demo.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)  # tests: report what is open, then close
+    smp = sub.add_parser("samples", help="copy the shipped sample files into a folder, to try the commands on")
+    smp.add_argument("--out", type=Path, default=Path("samples"), help="folder to copy them to (default samples)")
     run = sub.add_parser("run", help="NMF + atlas region read-outs of your volumes or cells")
     _input_options(run)
     _common(run)
@@ -319,6 +356,9 @@ def parser() -> argparse.ArgumentParser:
     nn.add_argument("--slice-key", help="obs column: cells of different slices are never neighbours")
     nn.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default spatial)")
     nn.add_argument("--label-key", help="obs column of expert labels: report ARI / NMI of the domains")
+    nn.add_argument("--exclude", nargs="+", metavar="LABEL",
+                    help="leave out the cells with these --label-key values (e.g. osmFISH's Excluded) from the fit "
+                         "and the scores")
     nn.add_argument("--max-iter", type=int, default=1000, help="maximum iterations (default 1000, as the R package)")
     nn.add_argument("--keep-empty-cells", action="store_true",
                     help="refuse cells with no counts or repeated coordinates instead of leaving them out")
@@ -348,6 +388,11 @@ def parser() -> argparse.ArgumentParser:
     ig.add_argument("--um-per-unit", type=float,
                     help="µm per coordinate unit, if the coordinates are not in µm (e.g. 16.2 for DLPFC Visium)")
     return ap
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """One line per warning, without the package's source paths (they mean nothing to a user)."""
+    return f"napari-spatial-nmf: warning: {' '.join(str(message).split())}\n"
 
 
 def _interrupt(signum, _frame):
@@ -395,6 +440,8 @@ def main(argv=None) -> int:
 
     args = parser().parse_args(argv)
     warnings.simplefilter("default", UserWarning)
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     _INTERRUPTED.clear()
     default_hook = sys.unraisablehook
 
@@ -411,10 +458,10 @@ def main(argv=None) -> int:
     try:
         if args.command == "demo":
             if not args.headless and _has_display():
-                return _demo_gui()
+                return _demo_gui(args.exit_after)
             return _demo_headless(args.out, args.overwrite)
         return {"run": _run, "stability": _stability, "nnmf": _nnmf,
-                "integrate": _integrate}[args.command](args)
+                "integrate": _integrate, "samples": _samples}[args.command](args)
     except (Exception, KeyboardInterrupt) as exc:
         if os.environ.get("NAPARI_SPATIAL_NMF_DEBUG") == "1":
             raise
@@ -424,6 +471,7 @@ def main(argv=None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sys.unraisablehook = default_hook
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":

@@ -33,13 +33,50 @@ def allen_200um() -> tuple[io.Stack, io.Atlas]:
     return stack, atlas
 
 
+SAMPLE_FILES = {
+    "Pdyn_P56_coronal_71717084_200um.zip": "Allen ISH energy, Pdyn (200 µm grid)",
+    "Nrp1_P56_coronal_74272479_200um.zip": "Allen ISH energy, Nrp1 (200 µm grid)",
+    "annotation_200um_ccf2017_ishgrid.nrrd": "CCFv3 annotation on the 200 µm ISH grid (--atlas)",
+    "structure_tree_safe_2017.csv.gz": "the Allen ontology (found next to the annotation)",
+    "bdgp_wu2016_405px_1640images.npz": "BDGP embryo images (--volumes; with the template beside it)",
+    "embryoTemplate_16x32.csv": "the BDGP embryo template",
+    "osmfish_sscortex_6471cells_33genes.h5ad": "osmFISH cells with expert regions (--cells, --label-key region)",
+    "starmap_3d_33598cells_28genes.h5ad": "STARmap 3D cells (--cells)",
+    "stahl2016_breast_cancer_4layers_3000genes.h5ad": "Ståhl 2016, 4 serial sections (--cells, --section-key section)",
+}
+
+
+def copy_samples(folder) -> list[Path]:
+    """Copy the shipped sample files into ``folder`` (created), so command-line examples work on
+    them (``napari-spatial-nmf samples --out samples``); returns the paths.
+
+    Raises
+    ------
+    ValueError
+        ``folder`` is a file.
+    """
+    import shutil
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file: give a folder for the samples.")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name in SAMPLE_FILES:
+        shutil.copyfile(DATA / name, folder / name)
+        out.append(folder / name)
+    (folder / "README.md").write_text((DATA / "README.md").read_text())
+    return out
+
+
 def bdgp() -> io.Stack:
     """The staNMF BDGP Drosophila embryo ISH images: (1640, 16, 32) float32, NaN outside the embryo."""
     with np.load(DATA / "bdgp_wu2016_405px_1640images.npz", allow_pickle=False) as z:
         table, names = z["table"], [str(n) for n in z["image_names"]]
     template = pd.read_csv(DATA / "embryoTemplate_16x32.csv", index_col=0).to_numpy()
     return io.Stack(io.bdgp_stack(table, template, names), names, (1.0, 1.0), axes=("DV", "AP"),
-                    meta={"source": "napari-spatial-nmf sample: BDGP embryos (Wu et al. 2016)", "format": "bdgp"})
+                    meta={"source": "napari-spatial-nmf sample: BDGP embryos (Wu et al. 2016)", "format": "bdgp",
+                          "unit": "pixel"})
 
 
 def osmfish() -> ad.AnnData:

@@ -249,7 +249,8 @@ def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=N
                   missing: str = "raise", overwrite: bool = False, protect=(),
                   progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
     """StaNMF sweep + final model at the chosen K; writes ``stability.csv``,
-    ``instability.png``, ``result.h5ad``, ``gene_coefficients.csv`` and ``summary.json``.
+    ``instability.png``, ``patterns.png`` (the patterns at the chosen K), ``result.h5ad``,
+    ``gene_coefficients.csv`` and ``summary.json``.
 
     ``store`` keeps every finished fit (give a folder outside ``out``, e.g. ``OUT.store``,
     the command line's default): running the same command again resumes with identical
@@ -272,6 +273,11 @@ def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=N
         table.to_csv(folder.path("stability.csv"), index=False)
         pl.instability(table, title=f"staNMF, N = {n_replicates} ({resample} resampled)",
                        save=folder.path("instability.png"))
+        title = f"NMF principal patterns at the chosen K = {int(rec['best_k'])}"
+        if "grid" in res.uns:
+            pl.patterns(res, "nmf", title=title, save=folder.path("patterns.png"))
+        else:
+            pl.cell_patterns(res, "nmf", title=title, save=folder.path("patterns.png"))
         summary = {"best_k": int(rec["best_k"]), "n_replicates": n_replicates, "k_range": list(map(int, table["k"])),
                    "instability": {int(k): float(v) for k, v in zip(table["k"], table["instability"])},
                    "edge_warning": rec.get("edge_warning"), "relative_error_final": res.uns["nmf"]["relative_error"],
@@ -281,14 +287,16 @@ def run_stability(adata: ad.AnnData, k_range, n_replicates: int, out, *, store=N
     return res, summary
 
 
-def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None = None, random_state: int = 0,
-             overwrite: bool = False, protect=(), progress: ProgressCallback = None,
+def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None = None, exclude=(),
+             random_state: int = 0, overwrite: bool = False, protect=(), progress: ProgressCallback = None,
              **kwargs) -> tuple[ad.AnnData, dict]:
     """Neighbourhood NMF of a cell AnnData (:func:`napari_spatial_nmf.tl.nnmf`, ``filter_cells=True``
     by default); writes ``result.h5ad``, ``gene_signatures.csv``, ``top_genes.csv``,
     ``domains.csv``, ``domains.png`` (with the expert labels beside them when
-    ``label_key`` is given), ``signatures.png`` and ``summary.json`` (with ARI / NMI against
-    ``obs[label_key]``).
+    ``label_key`` is given; the domains take the colours of the labels they overlap most),
+    ``signatures.png`` and ``summary.json`` (with ARI / NMI against ``obs[label_key]``).
+    ``exclude``: label values whose cells are left out of the fit and the scores (e.g.
+    osmFISH's "Excluded"; the summary counts them).
 
     Returns
     -------
@@ -299,6 +307,17 @@ def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None
 
     if label_key is not None and label_key not in adata.obs:
         raise KeyError(f"label_key {label_key!r} is not a column of obs ({list(adata.obs.columns)}).")
+    exclude = [str(v) for v in ([exclude] if isinstance(exclude, str) else exclude)]
+    excluded = {}
+    if exclude:
+        if label_key is None:
+            raise ValueError("exclude names label values: give label_key (--label-key) too.")
+        labels = adata.obs[label_key].astype(str)
+        unknown = sorted(set(exclude) - set(labels))
+        if unknown:
+            raise ValueError(f"exclude {unknown}: no cell has that {label_key!r} (values: {sorted(set(labels))[:20]}).")
+        excluded = {v: int((labels == v).sum()) for v in exclude}
+        adata = adata[~labels.isin(exclude).to_numpy()]
     kwargs.setdefault("filter_cells", True)
     folder = OutputFolder(out, overwrite=overwrite, protect=protect)
     gen = tl.iter_nnmf(adata, n_components, random_state=random_state, copy=True, **kwargs)
@@ -309,6 +328,8 @@ def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None
                    "lengthscale": rec["lengthscale"], "spatial_unit": tl.spatial_unit(res),
                    "mean_neighbors": rec["mean_neighbors"], "gkl": rec["gkl"], "n_iter": rec["n_iter"],
                    "stop_reason": rec["stop_reason"], "filtered": rec["filtered"], "random_state": random_state}
+        if excluded:
+            summary["excluded"] = {"label_key": label_key, "cells": excluded}
         dom = res.obs["nnmf_domain"]
         if label_key is not None:
             ok = dom.notna().to_numpy()
@@ -320,6 +341,8 @@ def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None
                                                                                    index=False)
         fig = pl._figure((7.2 if label_key else 3.8, 3.6), False)
         axes = fig.subplots(1, 2 if label_key else 1, squeeze=False).ravel()
+        if label_key:
+            pl.match_colors(res, "nnmf_domain", label_key)
         pl.domains(res, "nnmf_domain", ax=axes[0], title="NNMF domains (argmax)")
         if label_key:
             pl.domains(res, label_key, ax=axes[1], title=f"expert labels ({label_key})")
@@ -404,6 +427,7 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
             summary["scores"] = scores.set_index("section")[["ari", "nmi"]].round(4).to_dict(orient="index")
             fig = pl._figure((3.2 * len(rec["sections"]), 6.6), False)
             axes = fig.subplots(2, len(rec["sections"]), squeeze=False)
+            pl.match_colors(res, "integration_domain", label_key)
             for j, s in enumerate(rec["sections"]):
                 sub = res[(res.obs["section"] == s).to_numpy()]
                 pl.domains(sub, "integration_domain", ax=axes[0, j], title=f"{s}: domains ({basis})")

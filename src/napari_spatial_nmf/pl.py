@@ -98,7 +98,8 @@ def patterns(adata: ad.AnnData, key: str = "nmf", *, annotation: np.ndarray | No
     (from ``region_table``, :func:`napari_spatial_nmf.tl.region_correlation`) has most
     voxels, outlined in yellow, or else where the pattern has most mass; thin lines are the
     atlas boundaries at ``outline_depth``. 2-D grids show the image. Each panel has a colour
-    bar (patterns are scaled to a maximum of 1) and a scale bar in µm.
+    bar (patterns are scaled to a maximum of 1) and, on grids with a physical size
+    (``uns["spatial_unit"]`` µm), a scale bar.
 
     Parameters
     ----------
@@ -136,6 +137,7 @@ def patterns(adata: ad.AnnData, key: str = "nmf", *, annotation: np.ndarray | No
     names = list(adata.uns[key]["pattern_names"])
     coarse = ontology.rollup(annotation, outline_depth) if annotation is not None and ontology is not None else None
     three_d = len(grid.shape) == 3
+    physical = str(adata.uns.get("spatial_unit", "µm")) in ("µm", "um", "micrometer")
     fig, axes = _grid_axes(len(names), ncols, (3.4, 2.9) if three_d else (3.4, 2.0), show)
     for ax, vol, name in zip(axes, vols, names):
         best, mask = None, None
@@ -165,9 +167,10 @@ def patterns(adata: ad.AnnData, key: str = "nmf", *, annotation: np.ndarray | No
         ax.set_xticks([])
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, shrink=0.8, label="pattern (max 1)" if ax is axes[0] else None)
-        vs = grid.voxel_size[-1]
-        length = _nice_length(img.shape[1] * vs)
-        _scalebar(ax, length / vs, f"{length / 1000:g} mm" if length >= 1000 else f"{length:g} µm")
+        if physical:  # a scale bar only where the grid has a physical size (not on the BDGP pixel template)
+            vs = grid.voxel_size[-1]
+            length = _nice_length(img.shape[1] * vs)
+            _scalebar(ax, length / vs, f"{length / 1000:g} mm" if length >= 1000 else f"{length:g} µm")
     return _finish(fig, fig, save=save, show=show, title=title)
 
 
@@ -259,6 +262,35 @@ def category_colors(categories, adata: ad.AnnData | None = None, key: str | None
         return dict(zip(cats, [str(c) for c in stored]))
     pal = matplotlib.colormaps["tab10" if len(cats) <= 10 else "tab20"].colors
     return {c: matplotlib.colors.to_hex(pal[i % len(pal)]) for i, c in enumerate(cats)}
+
+
+def match_colors(adata: ad.AnnData, key: str, reference: str) -> dict:
+    """Give the categories of ``obs[key]`` (e.g. domains) the colours of the ``obs[reference]``
+    categories (e.g. expert layers) they overlap most, so the two panels of a comparison read
+    alike: a one-to-one matching of the contingency table (``scipy.optimize.linear_sum_assignment``);
+    unmatched categories get colours the reference does not use. Writes
+    ``uns[f"{key}_colors"]`` (scanpy's convention) and returns ``{category: colour}``.
+    """
+    import matplotlib
+    from scipy.optimize import linear_sum_assignment
+
+    col, ref = adata.obs[key], adata.obs[reference]
+    cats = list(col.cat.categories) if isinstance(col.dtype, pd.CategoricalDtype) else sorted(col.dropna().unique())
+    rcats = list(ref.cat.categories) if isinstance(ref.dtype, pd.CategoricalDtype) else sorted(ref.dropna().unique())
+    rcolors = category_colors(rcats, adata, reference)
+    table = pd.crosstab(col.astype(str), ref.astype(str)).reindex(index=[str(c) for c in cats],
+                                                                   columns=[str(c) for c in rcats], fill_value=0)
+    rows, cols = linear_sum_assignment(-table.to_numpy())
+    out = {str(cats[r]): rcolors[str(rcats[c])] for r, c in zip(rows, cols) if table.iat[r, c] > 0}
+    used = set(out.values()) | set(rcolors.values())
+    spare = [matplotlib.colors.to_hex(c) for name in ("tab20", "tab20b", "Set3")
+             for c in matplotlib.colormaps[name].colors]
+    spare = [c for c in spare if c not in used]
+    for c in cats:
+        if str(c) not in out:
+            out[str(c)] = spare.pop(0) if spare else "#808080"
+    adata.uns[f"{key}_colors"] = [out[str(c)] for c in cats]
+    return out
 
 
 def domains(adata: ad.AnnData, key: str = "nnmf_domain", *, basis: str = "spatial", groupby: str | None = None,

@@ -64,6 +64,8 @@ class ResultsRegistry:
     def add(self, adata: ad.AnnData, kind: str, key: str, source: str = "") -> Result:
         """Register a finished result (call on the main thread)."""
         res = Result(f"{kind}-{next(self._count)}", kind, adata, key, source)
+        if source and isinstance(adata.uns.get(key), dict):
+            adata.uns[key]["source_name"] = source  # our result's own record: a saved file reopens under this name
         self._results[res.id] = res
         self._changed()
         return res

@@ -4,12 +4,19 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QEvent, QSize, Qt, QTimer
 from qtpy.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ..results import REGISTRY
 
 DOCK_MIN_WIDTH = 340
+STOP_TEXT = {"tol": "converged", "gkl_rose": "stopped when the divergence rose (NNMF's rule)",
+             "max_iter": "reached the iteration limit (raise max iterations to go on)"}
+
+
+def stop_text(reason) -> str:
+    """Why a fit stopped, in words (``stop_reason`` of the results)."""
+    return STOP_TEXT.get(str(reason), str(reason))
 
 
 def is_deleted(obj) -> bool:
@@ -29,11 +36,19 @@ class Dock(QScrollArea):
     napari connects ``reset_choices`` to its layer-list events when the dock is added and
     disconnects it when the dock is removed; subclasses keep their combo boxes in
     ``self.form`` (a magicgui Container) and never connect to the viewer themselves.
+
+    A dock owns its jobs: when napari removes it (its close button), every job it started is
+    cancelled, so nothing runs on unseen and uncancellable. The first time it is shown, the
+    canvas is re-fitted to the space the dock leaves.
     """
 
     def __init__(self, napari_viewer, header: str = ""):
         super().__init__()
+        from .._canvas import install
+
         self.viewer = napari_viewer
+        self._fitted = False
+        install(napari_viewer)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
@@ -61,6 +76,32 @@ class Dock(QScrollArea):
 
     def add(self, widget) -> None:
         self.layout_.addWidget(getattr(widget, "native", widget))
+
+    def runners(self) -> list:
+        """The job runners of this dock."""
+        from ._runner import JobRunner
+
+        return self.findChildren(JobRunner)
+
+    def cancel_jobs(self) -> None:
+        """Cancel every job this dock started."""
+        for runner in self.runners():
+            runner.cancel()
+
+    def event(self, ev) -> bool:
+        if ev.type() == QEvent.Type.ParentChange and self.parent() is None and not is_deleted(self):
+            self.cancel_jobs()  # napari removed the dock (its close button): its jobs end with it
+        return super().event(ev)
+
+    def showEvent(self, ev) -> None:  # noqa: N802 - Qt override
+        super().showEvent(ev)
+        if not self._fitted:
+            self._fitted = True
+            QTimer.singleShot(0, self._fit_canvas)
+
+    def _fit_canvas(self) -> None:
+        if not is_deleted(self) and len(self.viewer.layers):
+            self.viewer.reset_view()
 
     def reset_choices(self, _event=None) -> None:
         """Refresh the layer choices (napari calls this when layers change)."""

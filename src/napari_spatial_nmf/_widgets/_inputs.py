@@ -76,6 +76,20 @@ def mask_layer_choices(viewer) -> list[tuple[str, object]]:
     return [(lyr.name, lyr) for lyr in labels]
 
 
+def preselect(inputs, mask=None) -> None:
+    """Start from what is open: the one cell layer (or else every gene image), and the atlas as mask.
+
+    Only fills empty choices, so it never overrides what the user picked.
+    """
+    if mask is not None and mask.value is None:
+        masks = [c for c in mask.choices if c is not None]
+        if masks:
+            mask.value = masks[0]
+    if not inputs.value and inputs.choices:
+        cells = [c for c in inputs.choices if type(c).__name__ == "Points"]
+        inputs.value = cells[:1] or list(inputs.choices)
+
+
 def n_genes_of(layers) -> int:
     """How many genes the chosen input layers hold (for K's range)."""
     from napari.layers import Points

@@ -122,6 +122,7 @@ class AtlasAnalysisWidget(Dock):
         self.network_pattern = ComboBox(label="pattern", choices=self._network_choices)
         self.network_pattern.changed.connect(self._draw_network)
         self.net_fig, self.net_canvas = _canvas((4.0, 3.4), 280)
+        self.net_canvas.setVisible(False)  # shown once there is a network to draw
         self.graphml_button = QPushButton("Export GraphML…")
         self.edges_button = QPushButton("Export CSV…")
         self.graphml_button.clicked.connect(self._export_graphml)
@@ -244,6 +245,9 @@ class AtlasAnalysisWidget(Dock):
         if G is not None:
             pl.network(G, ax=self.net_fig.add_subplot(111),
                        title=f"{self.network_pattern.value}: {G.number_of_nodes()} genes, {G.number_of_edges()} edges")
+        # no empty white plot: the canvas and the pattern choice show only with a network
+        self.net_canvas.setVisible(G is not None)
+        self.network_pattern.visible = G is not None
         self.net_canvas.draw_idle()
 
     @property

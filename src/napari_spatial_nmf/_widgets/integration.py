@@ -10,9 +10,10 @@ from magicgui.widgets import ComboBox, Container, FloatSpinBox, Select, SpinBox
 from qtpy.QtWidgets import QPushButton
 
 from .. import tl
+from .._canvas import install
 from .._layers import cells_layer, color_kwargs
 from ..results import REGISTRY, RESULT_ID
-from ._base import Dock, Legend
+from ._base import Dock, Legend, is_deleted
 from ._runner import JobRunner
 from ._tables import DataFrameTable
 from .nnmf import points_layer_choices, slice_key_choices
@@ -44,10 +45,12 @@ class IntegrationWidget(Dock):
                                allow_multiple=True)
         self.sections.native.setMaximumHeight(100)
         self.section_key = ComboBox(label="or section key", choices=self._key_choices, nullable=True)
-        self.method = ComboBox(label="method", choices=[("INSPIRE (PyTorch)", "inspire"),
-                                                        ("joint NNMF (CPU)", "joint_nnmf")])
+        # joint NNMF first: seconds on a laptop, no PyTorch; INSPIRE trains for minutes on a CPU
+        self.method = ComboBox(label="method", choices=[("joint NNMF (CPU, seconds)", "joint_nnmf"),
+                                                        ("INSPIRE (PyTorch, minutes)", "inspire")])
         self.n_factors = SpinBox(label="K (factors)", min=2, max=200, value=10)
-        self.n_steps = SpinBox(label="steps / iterations", min=10, max=100_000, value=2000, step=100)
+        self.n_steps = SpinBox(label="iterations", min=10, max=100_000, value=1000, step=100)
+        self.method.changed.connect(self._on_method)
         self.n_hvgs = SpinBox(label="HVGs per section", min=0, max=50_000, value=3000, step=500)
         self.seed = SpinBox(label="random state", min=0, max=2**31 - 1, value=1234)
         self.form = Container(widgets=[self.sections, self.section_key, self.method, self.n_factors, self.n_steps,
@@ -68,6 +71,32 @@ class IntegrationWidget(Dock):
                   self.reconstruct_button):
             self.add(w)
         self.reset_choices()
+        self._preselect()
+
+    def reset_choices(self, _event=None) -> None:
+        """Refresh the layer choices (napari calls this when layers change)."""
+        super().reset_choices()
+        if hasattr(self, "sections") and not is_deleted(self):
+            self._preselect()
+
+    def _preselect(self) -> None:
+        """Start from what is open: every cell layer when there are several (one per section, as
+        the Ståhl sample opens), and joint NNMF when PyTorch is not installed.
+        """
+        import importlib.util
+
+        if not self.sections.value and len(self.sections.choices) >= 2:
+            self.sections.value = list(self.sections.choices)
+        if importlib.util.find_spec("torch") is None:
+            self.method.value = "joint_nnmf"
+
+    def _on_method(self, method=None) -> None:
+        """The iteration budget follows the method: joint NNMF's iterations (at most; it stops on
+        convergence) or INSPIRE's training steps (a fixed number, as the reference).
+        """
+        inspire = self.method.value == "inspire"
+        self.n_steps.label = "training steps" if inspire else "iterations (at most)"
+        self.n_steps.value = 2000 if inspire else 1000
 
     def _key_choices(self, _w=None):
         layers = list(self.sections.value) if hasattr(self, "sections") else []
@@ -138,14 +167,20 @@ class IntegrationWidget(Dock):
         if self.layer is None or value is None or self.layer not in self.viewer.layers:
             return
         kw = color_kwargs(None, self.layer.features[value], value)
-        kw.pop("_categories", None)
+        legend = kw.pop("_categories", None)
         if value == "factor":
             self.layer.face_color = [self.factor_colors.get(str(f), "#404040") for f in self.layer.features["factor"]]
-            return
-        self.layer.face_color = kw["face_color"]
-        if "face_colormap" in kw:
-            self.layer.face_colormap = kw["face_colormap"]
-            self.layer.face_contrast_limits = kw["face_contrast_limits"]
+            self.layer.metadata["legend"] = {"title": "factor (largest share)", "colors": dict(self.factor_colors)}
+        else:
+            self.layer.face_color = kw["face_color"]
+            if legend is not None:
+                self.layer.metadata["legend"] = {"title": value, "colors": legend}
+            else:
+                self.layer.metadata.pop("legend", None)
+            if "face_colormap" in kw:
+                self.layer.face_colormap = kw["face_colormap"]
+                self.layer.face_contrast_limits = kw["face_contrast_limits"]
+        install(self.viewer).refresh()
 
     def reconstruct(self) -> None:
         """Align adjacent sections (in the list's order) and add them stacked in 3D (µm)."""

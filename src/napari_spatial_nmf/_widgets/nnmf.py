@@ -9,9 +9,10 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBo
 from qtpy.QtWidgets import QLabel, QPushButton
 
 from .. import tl
+from .._canvas import install
 from .._layers import domain_layer, weights_layer
 from ..results import REGISTRY, RESULT_ID
-from ._base import Dock, Legend
+from ._base import Dock, Legend, stop_text
 from ._runner import JobRunner
 from ._tables import DataFrameTable
 
@@ -172,7 +173,8 @@ class NNMFWidget(Dock):
         rec = adata.uns["nnmf"]
         self.runner.status.setText(f"K = {len(names)} signatures over {rec['n_fitted_cells']:,} cells; lengthscale "
                                    f"{rec['lengthscale']:.3g} {tl.spatial_unit(adata)} "
-                                   f"({rec['mean_neighbors']:.1f} neighbours); stopped: {rec['stop_reason']}.")
+                                   f"({rec['mean_neighbors']:.1f} neighbours per cell); "
+                                   f"{stop_text(rec['stop_reason'])}.")
 
     def _recolor(self, value) -> None:
         from .._layers import color_kwargs
@@ -185,7 +187,11 @@ class NNMFWidget(Dock):
         kw.pop("_categories", None)
         if value == "domain":
             layer.face_color = [self.domain_colors.get(str(d), "#404040") for d in layer.features["domain"]]
-            return
-        layer.face_color = kw["face_color"]
-        layer.face_colormap = kw["face_colormap"]
-        layer.face_contrast_limits = kw["face_contrast_limits"]
+            layer.metadata["legend"] = {"title": "domain", "colors": dict(self.domain_colors)}
+        else:
+            layer.metadata.pop("legend", None)
+            layer.face_color = kw["face_color"]
+            layer.face_colormap = kw["face_colormap"]
+            layer.face_contrast_limits = kw["face_contrast_limits"]
+        self.viewer.layers.selection.active = layer
+        install(self.viewer).refresh()

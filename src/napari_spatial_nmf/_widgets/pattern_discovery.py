@@ -15,6 +15,7 @@ from ._inputs import (
     input_layer_choices,
     mask_layer_choices,
     n_genes_of,
+    preselect,
 )
 from ._runner import JobRunner
 
@@ -58,12 +59,7 @@ class PatternDiscoveryWidget(Dock):
 
     def _preselect(self) -> None:
         """Start from what is open: all gene images (or the one cell layer) and the atlas."""
-        masks = [c for c in self.mask.choices if c is not None]
-        if masks and self.mask.value is None:
-            self.mask.value = masks[0]
-        if not self.inputs.value and self.inputs.choices:
-            cells = [c for c in self.inputs.choices if type(c).__name__ == "Points"]
-            self.inputs.value = cells[:1] or list(self.inputs.choices)
+        preselect(self.inputs, self.mask)
         self._fit_k_to_inputs()
 
     def _fit_k_to_inputs(self, _value=None) -> None:

@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidge
 
 from .. import pl, tl
 from ..core.stability import check_stability_input
-from ._base import Dock
+from ._base import Dock, is_deleted
 from ._inputs import (
     MISSING_CHOICES,
     add_result_layers,
@@ -20,6 +20,7 @@ from ._inputs import (
     mask_layer_choices,
     n_genes_of,
     n_obs_of,
+    preselect,
 )
 from ._runner import JobRunner
 
@@ -92,7 +93,7 @@ class StabilityWidget(Dock):
         self.inputs.native.setMaximumHeight(90)
         self.mask = ComboBox(label="mask", choices=lambda _w: mask_layer_choices(self.viewer), nullable=True)
         self.missing = ComboBox(label="missing values", choices=list(MISSING_CHOICES))
-        self.k_min = SpinBox(label="K from", min=2, max=500, value=5)
+        self.k_min = SpinBox(label="K from", min=2, max=500, value=2)
         self.k_max = SpinBox(label="K to", min=2, max=500, value=12)
         self.n_replicates = SpinBox(label="replicates (N)", min=2, max=10_000, value=20)
         self.resample = ComboBox(label="resample", choices=["genes", "obs", "none"])
@@ -128,8 +129,19 @@ class StabilityWidget(Dock):
         self.layout_.addLayout(row)
         self.layout_.addStretch()
         self.reset_choices()
-        if not self.inputs.value and self.inputs.choices:
-            self.inputs.value = list(self.inputs.choices)[:1]
+        self._preselect()
+
+    def reset_choices(self, _event=None) -> None:
+        """Refresh the layer choices (napari calls this when layers change)."""
+        super().reset_choices()
+        if hasattr(self, "k_max") and not is_deleted(self):
+            self._preselect()
+
+    def _preselect(self) -> None:
+        """Start from what is open (all gene images or the cell layer, the atlas as mask), with a
+        K range the data allow: from 2 to at most 12 and the number of genes.
+        """
+        preselect(self.inputs, self.mask)
         self._estimate()
 
     def _ks(self) -> list[int]:
@@ -142,7 +154,13 @@ class StabilityWidget(Dock):
         if not layers or not n_genes:
             self.estimate.setText("")
             return
-        self.k_max.max = max(2, n_genes)
+        top = max(2, n_genes)  # K runs from 2 to the number of genes
+        self.k_max.max = self.k_min.max = top
+        self.k_max.value = min(self.k_max.value, top)  # what the data allow; a reversed range is refused on Run
+        self.k_min.value = min(self.k_min.value, top)
+        if n_genes < 2:
+            self.estimate.setText("staNMF needs at least 2 genes: choose more input layers.")
+            return
         ks, n = self._ks(), int(self.n_replicates.value)
         seconds = SECONDS_PER_UNIT * n_obs_of(layers) * n_genes * sum(ks) * n * PASSES
         self.estimate.setText(f"{len(ks) * n} fits ({len(ks)} K x {n} replicates); roughly "

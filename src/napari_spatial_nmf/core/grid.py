@@ -80,6 +80,7 @@ def volumes_to_anndata(
     axes: Sequence[str] | None = None,
     mask: np.ndarray | None = None,
     missing_value: float | None = None,
+    unit: str = "µm",
 ) -> ad.AnnData:
     """Turn a gene stack of volumes (or images) into an AnnData of in-mask voxels.
 
@@ -99,6 +100,9 @@ def volumes_to_anndata(
     missing_value : float, optional
         A code for missing data (Allen: -1). Voxels equal to it become NaN; they are never
         treated as expression.
+    unit : str
+        The unit of ``voxel_size`` and ``origin`` (``uns["spatial_unit"]``): µm for the
+        atlases, "pixel" for images without a physical size (the BDGP embryo template).
 
     Returns
     -------
@@ -158,7 +162,7 @@ def volumes_to_anndata(
     )
     adata.obsm["spatial"] = voxel_coordinates(grid)
     adata.uns["grid"] = grid.to_uns()
-    adata.uns["spatial_unit"] = "µm"
+    adata.uns["spatial_unit"] = unit
     return adata
 
 

@@ -36,6 +36,7 @@ nothing):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -54,12 +55,21 @@ DEFAULTS = {"hidden_dims": (512, 32), "slice_emb_dim": 4, "n_hidden_d": 512, "lr
 
 
 def torch_module():
-    """The torch module, or an ImportError that names the extra to install."""
+    """The torch module, or an ImportError that names the extra to install.
+
+    Also imports ``torch._inductor.config`` here, on the caller's thread: training switches
+    on torch's deterministic algorithms, whose first call imports it, and on CUDA builds it
+    imports triton; doing that first import in a worker thread of a Qt application killed
+    napari (segmentation fault, issue 26). The tools call this at the call, on the GUI's
+    thread, before their worker starts.
+    """
     try:
         import torch
     except ImportError:
         raise ImportError("INSPIRE integration needs PyTorch: pip install 'napari-spatial-nmf[integration]' "
                           "(CPU is enough), or use method='joint_nnmf', which does not.") from None
+    with contextlib.suppress(Exception):  # a torch without inductor, or a broken optional dependency
+        import torch._inductor.config
     return torch
 
 
@@ -253,7 +263,7 @@ def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "g
     random_state : int
         Seeds torch and the minibatch draws (INSPIRE: 1234); CPU runs repeat exactly.
     log_every : int
-        Steps between progress records (and rows of the loss trace).
+        Steps between rows of the loss trace (progress is yielded within every step).
     n_threads : int, optional
         torch's CPU threads for this run (default: torch's own setting).
 
@@ -290,12 +300,14 @@ def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "g
                                  weight_decay=DEFAULTS["weight_decay_d"])
         softplus = torch.nn.functional.softplus
         n_total = sum(sec.sizes)
-        rows = []
+        rows, last = [], "starting"
         yield Progress(0, n_steps, f"INSPIRE ({variant.upper()}): {S} sections, {n_total:,} cells x {G:,} genes, "
                                    f"K = {n_factors}, neighbour radius {radius:.3g}")
         for step in range(n_steps):
             Zs, betas, recons, xs, cs, ls = [], [], [], [], [], []
             for s in range(S):
+                # a yield within every step, so Cancel is answered within a fraction of a step
+                yield Progress(step, n_steps, f"step {step + 1}/{n_steps}: section {sec.names[s]}")
                 if variant == "gat":
                     x, c, lib, graph = feats[s], counts[s], t(sec.library[s])[:, None], tgraphs[s]
                 else:
@@ -349,8 +361,9 @@ def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "g
                 vals = {"step": step, "d_loss": loss_d.item(), "total": total.item(), "recon": recon_l.item(),
                         "fe": fe.item(), "geom": geom.item(), "beta": beta_l.item(), "gan": gan.item()}
                 rows.append(vals)
-                yield Progress(step + 1, n_steps, f"step {step + 1}/{n_steps}, loss {vals['total']:.4g} "
-                                                  f"(Poisson {vals['recon']:.4g}, adversarial {vals['gan']:.3g})", vals)
+                last = f"loss {vals['total']:.4g} (Poisson {vals['recon']:.4g}, adversarial {vals['gan']:.3g})"
+            yield Progress(step + 1, n_steps, f"step {step + 1}/{n_steps}, {last}",
+                           vals if step % log_every == 0 or step == n_steps - 1 else None)
         net.eval()
         latent, props = [], []
         with torch.no_grad():

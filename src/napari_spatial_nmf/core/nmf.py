@@ -147,7 +147,8 @@ def _fit(X, k, init, max_iter, tol, random_state, params) -> Generator[Progress,
         if violation_init is None:
             violation_init = violation
         ratio = violation / violation_init if violation_init else 0.0
-        yield Progress(n_iter, max_iter, f"iteration {n_iter}/{max_iter}, violation ratio {ratio:.2e}")
+        yield Progress(n_iter, max_iter, f"iteration {n_iter}/{max_iter}: the fit still changes by "
+                                         f"{ratio:.1e} of its first step (stops below {tol:g})")
         if violation_init == 0 or ratio <= tol:
             stop_reason = "tol"
             break

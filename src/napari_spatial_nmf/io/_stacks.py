@@ -239,4 +239,5 @@ def read_bdgp(table_path, template_path=None) -> Stack:
         raise ValueError(f"{table_path.name} has NaN or negative intensities; BDGP values lie in [0, 1].")
     names = [str(c) for c in table.columns]
     return Stack(bdgp_stack(values, template, names), names, (1.0, 1.0), axes=("DV", "AP"),
-                 meta={"source": str(table_path), "format": "bdgp", "template": str(template_path)})
+                 meta={"source": str(table_path), "format": "bdgp", "template": str(template_path),
+                       "unit": "pixel"})

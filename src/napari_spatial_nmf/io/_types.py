@@ -55,7 +55,8 @@ class Stack:
         (``uns["spatial_unit"]``).
         """
         adata = volumes_to_anndata(self.data, self.genes, voxel_size=self.voxel_size,
-                                   origin=self.origin, axes=self.axes, mask=mask)
+                                   origin=self.origin, axes=self.axes, mask=mask,
+                                   unit=str(self.meta.get("unit", "µm")))
         adata.uns["source"] = {k: v for k, v in self.meta.items() if isinstance(v, (str, int, float))}
         return adata
 
