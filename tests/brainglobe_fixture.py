@@ -40,10 +40,26 @@ def write_ccf_200um(folder: Path, atlas) -> Path:
         img = nz.to_ngff_image(data, dims=["z", "y", "x"], scale=scale)
         (root / sub).mkdir(parents=True)
         nz.to_ngff_zarr(str(root / sub / name), nz.to_multiscales(img, scale_factors=[]), version="0.5")
+    # the 4-D masks OME-Zarr brainglobe-atlasapi 3 downloads with an atlas (one channel per structure; here one,
+    # the whole brain) and its index of label values
+    import zarr
+
+    masks_path = root / "annotation-sets/ccf2017_200um/1_0/annotations.ome.zarr"
+    mask = (atlas.annotation > 0).astype(np.uint8)[None]
+    img = nz.to_ngff_image(mask, dims=["c", "z", "y", "x"], scale={"c": 1.0, **scale})
+    nz.to_ngff_zarr(str(masks_path), nz.to_multiscales(img, scale_factors=[]), version="0.5")
+    zarr.open_group(str(masks_path), mode="a").create_array("annotation_values", data=np.array([997], np.uint32))
+    zarr.consolidate_metadata(str(masks_path))
+    space = root / "coordinate-spaces" / "ccf_200um" / "1_0"
+    space.mkdir(parents=True)
+    (space / "coordinate_space.json").write_text(json.dumps({"name": "ccf_200um", "orientation": "asr",
+                                                             "resolution": res}))
     manifest = {"name": NAME, "citation": "Wang et al. 2020, Cell 181:936", "atlas_link": "https://atlas.brain-map.org",
-                "species": "Mus musculus", "symmetric": False, "resolution": res, "orientation": "asr",
+                "species": "Mus musculus", "symmetric": True, "resolution": res, "orientation": "asr",
                 "version": "1.0", "shape": list(atlas.annotation.shape), "additional_references": [],
                 "terminology": {"name": "ccf2017", "location": "/terminologies/ccf2017/1_0"},
+                "coordinate_space": {"name": "ccf_200um", "location": "/coordinate-spaces/ccf_200um/1_0"},
+                "template": {"name": "ccf_mask_200um"},
                 "annotation_set": {"name": "ccf2017_200um", "location": "/annotation-sets/ccf2017_200um/1_0",
                                    "template": {"name": "ccf_mask_200um",
                                                 "location": "/templates/ccf_mask_200um/1_0"}}}

@@ -19,9 +19,20 @@ def _pages_with_code():
 
 @pytest.mark.parametrize("page", _pages_with_code(), ids=lambda p: p.name)
 def test_code_blocks_run(page, tmp_path):
-    """The page's python blocks, in order, in one fresh interpreter (working folder: a temporary one)."""
+    """The page's python blocks, in order, in one fresh interpreter (working folder: a temporary one).
+    Downloads go to the local stand-in of the Allen API and IBL's mirror (tests/allen_server.py)."""
+    import os
+
+    from allen_server import AllenStandIn
+    from test_fetch import _whole_set
+
     code = "\n\n".join(BLOCK.findall(page.read_text()))
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    with AllenStandIn() as server:
+        _whole_set(server)
+        env = {**os.environ, "NAPARI_SPATIAL_NMF_ALLEN_API": server.url,
+               "NAPARI_SPATIAL_NMF_AGEA_MIRROR": server.url + "/atlas", "NAPARI_SPATIAL_NMF_CACHE": str(tmp_path / "c")}
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                             env=env)
     assert out.returncode == 0, f"{page.name}:\n{out.stderr[-3000:]}"
 
 

@@ -4,6 +4,8 @@ Commands:
   demo        open napari on the shipped Allen sample (with a display), or run the main
               jobs on the shipped samples and write the results (without one)
   samples     copy the shipped sample files into a folder, to try the other commands on
+  fetch       download Allen ISH energy grids by gene symbol, or the whole set, into a cache
+  osnmf       the osNMF pipeline at the paper's scale: fetch, impute, staNMF, patterns, regions
   run         NMF of gene volumes or cells, with atlas region read-outs
   stability   choose K by staNMF (bootstrap instability), then fit the final model
   nnmf        neighbourhood NMF of a cell point cloud (spatial gene programs)
@@ -148,6 +150,69 @@ def _samples(args) -> int:
     return 0
 
 
+def _fetch_command(args) -> int:
+    import shutil
+
+    from ._output import OutputFolder
+
+    if args.brainglobe:
+        from .core._progress import drain
+        from .io import iter_download_brainglobe_atlas
+
+        bar = _progress(args)
+        atlas = drain(iter_download_brainglobe_atlas(args.brainglobe), bar)
+        bar.close()
+        _print_summary({"brainglobe_atlas": args.brainglobe, "shape": list(atlas.annotation.shape),
+                        "voxel_size_um": list(atlas.voxel_size), "structures": len(atlas.ontology.table),
+                        "use": f"--atlas brainglobe:{args.brainglobe}"})
+        if not (args.genes or args.all_genes):
+            return 0
+    if bool(args.genes) == bool(args.all_genes):
+        raise ValueError("Give either --genes SYMBOL ... or --all-genes (and/or --brainglobe NAME).")
+    folder = OutputFolder(args.out, overwrite=args.overwrite) if args.out else None
+    stack = _fetch(args)
+    summary = {"genes": stack.genes, "section_data_set_ids": stack.meta.get("section_data_set_ids"),
+               "missing": stack.meta.get("missing", {}), "cache": stack.meta.get("cache"),
+               "grid": list(stack.data.shape[1:]), "voxel_size_um": list(stack.voxel_size)}
+    if folder is not None:
+        with folder:
+            if args.all_genes:
+                summary["note"] = "the whole set stays in the cache (1.4 GB); read it with io.fetch_allen_all()"
+            else:
+                cache = Path(stack.meta["cache"])
+                for gene, sid in zip(stack.genes, stack.meta["section_data_set_ids"]):
+                    name = f"{gene.split(' (')[0]}_{args.plane}_{sid}_energy.zip"
+                    shutil.copyfile(cache / name, folder.path(name))
+            summary["files"] = dict(folder.files, summary="summary.json")
+            folder.path("summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _print_summary(summary)
+    return 0
+
+
+def _osnmf(args) -> int:
+    from . import datasets, pipeline
+    from .core._memory import fmt_bytes, memory_limit
+
+    store = args.store or args.out.with_name(args.out.name + ".store")
+    _check_out(args, [(store, "keeps its fits in (the results store)")])
+    if args.atlas is None:
+        _, atlas = datasets.allen_200um()
+    data, atlas_given = _load_input(args)
+    atlas = atlas_given or atlas
+    ks = range(args.k_min, args.k_max + 1)
+    n_voxels = int(atlas.mask.sum())
+    est = pipeline.estimate_osnmf(n_voxels, len(data.genes), ks, args.n)
+    print(f"osNMF on {len(data.genes):,} genes x {n_voxels:,} brain voxels, K {args.k_min}-{args.k_max}, "
+          f"N = {args.n}: {est['fits']:,} fits; about {fmt_bytes(est['memory_bytes'])} of memory (limit "
+          f"{fmt_bytes(memory_limit())}) and {est['seconds'] / 3600:.1f} h on a 2-core machine (scaled from "
+          f"benchmarks/stability_allen_scale.py). Finished fits are kept in {store}: the same command resumes.",
+          file=sys.stderr, flush=True)
+    _, summary = pipeline.run_osnmf(data, atlas, ks, args.n, args.out, store=store, random_state=args.random_state,
+                                    overwrite=args.overwrite, protect=_inputs_of(args), progress=_progress(args))
+    _print_summary(summary)
+    return 0
+
+
 def _read_volumes(path):
     from . import io
 
@@ -159,17 +224,40 @@ def _read_volumes(path):
     return io.read_image_stack(p)
 
 
+def _fetch(args):
+    """The Allen grids of --genes or --all-genes (downloaded once into the cache, with progress)."""
+    from .core._progress import drain
+    from .io import _fetch as F
+
+    bar = _progress(args)
+    gen = F.iter_fetch_allen_all(cache=args.cache) if getattr(args, "all_genes", False) else \
+        F.iter_fetch_allen(args.genes, plane=args.plane, experiments=args.experiments, cache=args.cache)
+    stack = drain(gen, bar)
+    bar.close()
+    for gene, why in stack.meta.get("missing", {}).items():
+        print(f"napari-spatial-nmf: warning: {gene}: {why}", file=sys.stderr)
+    return stack
+
+
 def _load_input(args):
-    """(Stack or AnnData, Atlas or None) from --volumes / --cells (+ --atlas)."""
+    """(Stack or AnnData, Atlas or None) from --volumes / --cells / --genes / --all-genes (+ --atlas)."""
     from . import io
 
-    if args.cells and args.volumes:
-        raise ValueError("Give either --volumes or --cells, not both.")
+    given = [n for n in ("volumes", "cells", "genes", "all_genes") if getattr(args, n, None)]
+    if len(given) > 1:
+        raise ValueError(f"Give one source of data, not {' and '.join('--' + n.replace('_', '-') for n in given)}.")
     atlas = io.read_atlas(args.atlas, args.ontology) if getattr(args, "atlas", None) else None
     if args.cells:
         return io.read_cells(args.cells), atlas
+    if getattr(args, "genes", None) or getattr(args, "all_genes", False):
+        stack = _fetch(args)
+        if atlas is not None and atlas.annotation.shape != stack.data.shape[1:]:
+            raise ValueError(f"The Allen grids are {stack.data.shape[1:]} but the atlas is {atlas.annotation.shape}: "
+                             "use an atlas on the 200 µm ISH grid (the shipped one by default).")
+        return stack, atlas
     if not args.volumes:
-        raise ValueError("Give --volumes (Allen zips or a folder of them, .npz, .nrrd, .tif, a BDGP csv) or --cells.")
+        raise ValueError("Give --volumes (Allen zips or a folder of them, .npz, .nrrd, .tif, a BDGP csv), --cells, "
+                         "or --genes to fetch Allen grids.")
     stack = _read_volumes(args.volumes[0])
     for p in args.volumes[1:]:
         stack = stack.concat(_read_volumes(p))
@@ -299,10 +387,25 @@ def _common(p: argparse.ArgumentParser, *, k: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _gene_options(p: argparse.ArgumentParser, all_genes: bool = True) -> None:
+    p.add_argument("--genes", nargs="+", metavar="SYMBOL",
+                   help="fetch these genes' Allen ISH energy grids (200 µm; downloaded once into the cache)")
+    if all_genes:
+        p.add_argument("--all-genes", action="store_true",
+                       help="fetch the whole adult coronal set (4,345 experiments, 1.4 GB; IBL's mirror)")
+    p.add_argument("--plane", choices=["coronal", "sagittal"], default="coronal",
+                   help="plane of the experiments (default coronal, as osNMF)")
+    p.add_argument("--experiments", choices=["all", "one"], default="all",
+                   help="a gene with several experiments: all of them, or the one with the most measured voxels")
+    p.add_argument("--cache", type=Path, help="download cache (default: NAPARI_SPATIAL_NMF_CACHE or the per-user "
+                                              "cache folder)")
+
+
 def _input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--volumes", nargs="+", metavar="PATH",
                    help="Allen energy zips or a folder of them, .npz, .nrrd, .tif, or a BDGP table .csv")
     p.add_argument("--cells", metavar="FILE", help="an .h5ad (or SpatialData .zarr) with cell coordinates")
+    _gene_options(p)
     p.add_argument("--atlas", metavar="ANNOTATION",
                    help="atlas annotation .nrrd, or brainglobe:NAME for a local BrainGlobe atlas; restricts the "
                         "analysis to the brain (label > 0) and adds the region read-outs")
@@ -325,6 +428,20 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit-after", type=float, help=argparse.SUPPRESS)  # tests: report what is open, then close
     smp = sub.add_parser("samples", help="copy the shipped sample files into a folder, to try the commands on")
     smp.add_argument("--out", type=Path, default=Path("samples"), help="folder to copy them to (default samples)")
+    fe = sub.add_parser("fetch", help="download Allen ISH energy grids by gene, or the whole set, into the cache")
+    _gene_options(fe)
+    fe.add_argument("--brainglobe", metavar="NAME", help="download a BrainGlobe atlas (e.g. allen_mouse_100um) with "
+                                                         "brainglobe-atlasapi, for --atlas brainglobe:NAME")
+    fe.add_argument("--out", type=Path, help="also copy the grids (Allen zips) into this folder")
+    fe.add_argument("--overwrite", action="store_true", help="replace the whole contents of a non-empty --out")
+    fe.add_argument("--quiet", action="store_true", help="no progress bars")
+    os_ = sub.add_parser("osnmf", help="the osNMF pipeline at the paper's scale: fetch, impute, staNMF, read-outs")
+    _input_options(os_)
+    _common(os_, k=False)
+    os_.add_argument("--k-min", type=int, default=8, help="smallest K (default 8; the paper's most stable K is 11)")
+    os_.add_argument("--k-max", type=int, default=14, help="largest K (default 14)")
+    os_.add_argument("-n", type=int, default=100, help="bootstrap replicates of the genes per K (default 100)")
+    os_.add_argument("--store", type=Path, help="results store of the sweep (default OUT.store); re-running resumes")
     run = sub.add_parser("run", help="NMF + atlas region read-outs of your volumes or cells")
     _input_options(run)
     _common(run)
@@ -460,8 +577,8 @@ def main(argv=None) -> int:
             if not args.headless and _has_display():
                 return _demo_gui(args.exit_after)
             return _demo_headless(args.out, args.overwrite)
-        return {"run": _run, "stability": _stability, "nnmf": _nnmf,
-                "integrate": _integrate, "samples": _samples}[args.command](args)
+        return {"run": _run, "stability": _stability, "nnmf": _nnmf, "integrate": _integrate, "samples": _samples,
+                "fetch": _fetch_command, "osnmf": _osnmf}[args.command](args)
     except (Exception, KeyboardInterrupt) as exc:
         if os.environ.get("NAPARI_SPATIAL_NMF_DEBUG") == "1":
             raise

@@ -122,26 +122,34 @@ def run_volumes(stack: Stack, n_components: int, out, *, atlas: Atlas | None = N
         summary = {"n_obs": adata.n_obs, "n_genes": adata.n_vars, "n_components": n_components,
                    "relative_error": rec["relative_error"], "n_iter": rec["n_iter"], "stop_reason": rec["stop_reason"],
                    "random_state": random_state}
-        regions = None
-        if atlas is not None and atlas.ontology is not None:
-            regions = tl.region_correlation(adata, atlas.annotation, atlas.ontology, key=key, min_voxels=min_voxels)
-            regions.to_csv(folder.path("region_correlation.csv"), index=False)
+        _volume_readouts(adata, atlas, folder, summary, key=key, layer=layer, min_voxels=min_voxels,
+                         title=f"NMF principal patterns (K = {n_components})", progress=progress)
+        summary = _summary(folder, summary)
+    return adata, summary
+
+
+def _volume_readouts(adata, atlas, folder, summary, *, key, layer, min_voxels, title, progress,
+                     gene_regions: bool = True) -> None:
+    """Region correlation (patterns and genes), the osNMF read-outs, the pattern figure and the result."""
+    regions = None
+    with_atlas = atlas is not None and atlas.ontology is not None
+    if with_atlas:
+        regions = tl.region_correlation(adata, atlas.annotation, atlas.ontology, key=key, min_voxels=min_voxels)
+        regions.to_csv(folder.path("region_correlation.csv"), index=False)
+        summary["best_structure"] = _best(regions)
+        if gene_regions:
             genes = tl.region_correlation(adata, atlas.annotation, atlas.ontology, genes=list(adata.var_names),
                                           min_voxels=min_voxels)
             genes.to_csv(folder.path("gene_region_correlation.csv"), index=False)
-            summary["best_structure"] = _best(regions)
             summary["best_structure_per_gene"] = _best(genes)
-        with_atlas = atlas is not None and atlas.ontology is not None
-        res = drain(tl.iter_osnmf_suite(adata, atlas.annotation if with_atlas else None,
-                                        atlas.ontology if with_atlas else None, key=key, layer=layer), progress)
-        tl.store_osnmf_suite(adata, res)
-        summary.update(write_osnmf_suite(res, folder))
-        pl.patterns(adata, key, annotation=atlas.annotation if atlas is not None else None,
-                    ontology=atlas.ontology if atlas is not None else None, region_table=regions,
-                    title=f"NMF principal patterns (K = {n_components})", save=folder.path("patterns.png"))
-        _write_result(folder, adata, key, f"{key}_coefficients")
-        summary = _summary(folder, summary)
-    return adata, summary
+    res = drain(tl.iter_osnmf_suite(adata, atlas.annotation if with_atlas else None,
+                                    atlas.ontology if with_atlas else None, key=key, layer=layer), progress)
+    tl.store_osnmf_suite(adata, res)
+    summary.update(write_osnmf_suite(res, folder))
+    pl.patterns(adata, key, annotation=atlas.annotation if atlas is not None else None,
+                ontology=atlas.ontology if atlas is not None else None, region_table=regions, title=title,
+                save=folder.path("patterns.png"))
+    _write_result(folder, adata, key, f"{key}_coefficients")
 
 
 def write_osnmf_suite(res: dict, out) -> dict:
@@ -452,5 +460,95 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
                 section=res.obs["section"].astype(str).to_numpy()).to_csv(folder.path("cells_3d.csv"))
             summary["registration"] = table.round(3).to_dict(orient="records")
         res.write_h5ad(folder.path("result.h5ad"), compression="gzip")
+        summary = _summary(folder, summary)
+    return res, summary
+
+
+def estimate_osnmf(n_voxels: int, n_genes: int, k_range, n_replicates: int) -> dict:
+    """Memory (bytes) and time (s) of the osNMF pipeline on this many voxels and genes, before it starts.
+
+    Memory: the in-mask matrix and its imputed copy (float32) plus the sweep's replicate batch
+    (:func:`napari_spatial_nmf.core.stability.sweep_memory`). Time: the staNMF sweep dominates;
+    it is scaled from ``benchmarks/stability_allen_scale.py`` (SECONDS_PER_FIT_UNIT seconds per
+    voxel x gene x K and replicate, measured at Allen scale), so treat it as the order of magnitude.
+    """
+    from .core.stability import sweep_memory
+
+    ks = list(k_range)
+    matrix = 2 * n_voxels * n_genes * 4
+    sweep = sweep_memory((n_voxels, n_genes), ks, n_replicates, 25)
+    seconds = SECONDS_PER_FIT_UNIT * n_voxels * n_genes * sum(ks) * n_replicates
+    return {"memory_bytes": int(matrix + sweep), "seconds": float(seconds), "fits": len(ks) * n_replicates}
+
+
+# 2.66 s per replicate at K = 11 on 55,954 voxels x 4,345 genes (stability_allen_scale.py, docs/benchmarks.md)
+SECONDS_PER_FIT_UNIT = 2.66 / (55_954 * 4_345 * 11)
+
+
+def run_osnmf(stack: Stack, atlas: Atlas, k_range, n_replicates: int, out, *, store=None, random_state: int = 0,
+              min_voxels: int = 50, overwrite: bool = False, protect=(),
+              progress: ProgressCallback = None) -> tuple[ad.AnnData, dict]:
+    """The osNMF pipeline at the paper's scale (Cahill et al. 2024 PNAS): mask, impute, staNMF over
+    ``k_range``, patterns at the most stable K, region correlation and combinations.
+
+    In the brain (atlas label > 0): Allen's missing voxels imputed from the 6 nearest measured
+    ones (osNMF's k-NN), the staNMF sweep with bootstrap replicates of the genes (osNMF's
+    scheme: Hungarian matching, cosine), resumable from ``store``; then the final NMF at the
+    lowest instability and every read-out of :func:`run_volumes` (gene-by-region correlations
+    are left out above 500 genes). Writes ``stability.csv``, ``instability.png`` and the
+    files of :func:`run_volumes`.
+
+    Parameters
+    ----------
+    stack : Stack
+        Allen energy grids (e.g. :func:`napari_spatial_nmf.io.fetch_allen_all`).
+    atlas : Atlas
+        On the same grid, with an ontology.
+    k_range : sequence of int
+        The K of the sweep.
+    n_replicates : int
+        Bootstrap replicates per K (the paper: 100).
+    out, store, random_state, min_voxels, overwrite, protect, progress
+        As :func:`run_stability` and :func:`run_volumes`.
+
+    Returns
+    -------
+    (AnnData, dict)
+        The result and the summary (with the memory and time estimated before the start).
+
+    Raises
+    ------
+    ValueError
+        Grids and atlas on different grids, an atlas without ontology, and the checks of the tools.
+    """
+    if atlas is None or atlas.ontology is None:
+        raise ValueError("The osNMF pipeline needs an atlas with its ontology (e.g. the shipped CCFv3 200 µm grid).")
+    if atlas.annotation.shape != stack.data.shape[1:]:
+        raise ValueError(f"The grids are {stack.data.shape[1:]} but the atlas is {atlas.annotation.shape}: use an "
+                         "atlas on the same grid.")
+    folder = OutputFolder(out, overwrite=overwrite,
+                          protect=[*protect, (store, "keeps its fits in (the results store)")])
+    adata = stack.to_anndata(mask=atlas.mask)
+    estimate = estimate_osnmf(adata.n_obs, adata.n_vars, k_range, n_replicates)
+    with folder:
+        layer = None
+        if np.isnan(adata.X).any():
+            drain(tl.iter_impute_knn(adata), progress)
+            layer = "imputed"
+        res = drain(tl.iter_stability(adata, k_range, n_replicates, layer=layer, random_state=random_state,
+                                      store=store, copy=True), progress)
+        rec = res.uns["stability"]
+        table = rec["table"]
+        table.to_csv(folder.path("stability.csv"), index=False)
+        pl.instability(table, title=f"staNMF, N = {n_replicates} (genes resampled)",
+                       save=folder.path("instability.png"))
+        best = int(rec["best_k"])
+        summary = {"n_voxels": res.n_obs, "n_genes": res.n_vars, "best_k": best, "n_replicates": n_replicates,
+                   "instability": {int(k): float(v) for k, v in zip(table["k"], table["instability"])},
+                   "edge_warning": rec.get("edge_warning"), "estimate": estimate, "random_state": random_state,
+                   "store": None if store is None else str(store)}
+        _volume_readouts(res, atlas, folder, summary, key="nmf", layer=layer, min_voxels=min_voxels,
+                         title=f"osNMF principal patterns at the most stable K = {best}", progress=progress,
+                         gene_regions=res.n_vars <= 500)
         summary = _summary(folder, summary)
     return res, summary

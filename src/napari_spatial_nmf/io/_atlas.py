@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Generator
 from pathlib import Path
 
 import numpy as np
 
+from ..core._progress import Progress
 from ..core.ontology import Ontology
 from ._types import Atlas
 
@@ -141,8 +145,8 @@ def read_brainglobe_atlas(atlas_name: str, *, brainglobe_dir=None, version: str 
     present = local_brainglobe_atlases(folder)
     if atlas_name not in present:
         raise FileNotFoundError(f"No BrainGlobe atlas {atlas_name!r} in {folder} (present: {present or 'none'}). "
-                                f"Download it once with `brainglobe install -a {atlas_name}` on a machine with "
-                                "internet, or pass brainglobe_dir=.")
+                                f"Download it once: `napari-spatial-nmf fetch --brainglobe {atlas_name}` (or "
+                                "io.download_brainglobe_atlas), or pass brainglobe_dir=.")
     bg = BrainGlobeAtlas(atlas_name, version=version, brainglobe_dir=folder, check_latest=False)
     onto = Ontology.from_json([{k: s[k] for k in ("id", "acronym", "name", "structure_id_path", "rgb_triplet")}
                                for s in bg.structures_list])
@@ -151,3 +155,134 @@ def read_brainglobe_atlas(atlas_name: str, *, brainglobe_dir=None, version: str 
     orientation = str(bg.metadata.get("orientation", "asr"))
     axes = tuple(_AXIS_NAMES.get(c, c) for c in orientation) if len(orientation) == ann.ndim else ()
     return Atlas(ann, onto, tuple(float(r) for r in bg.resolution), axes=axes, name=f"{BRAINGLOBE_PREFIX}{atlas_name}")
+
+
+_DOWNLOAD_LOCK = threading.Lock()
+
+
+def iter_download_brainglobe_atlas(atlas_name: str, *, brainglobe_dir=None, version: str | None = None
+                                   ) -> Generator[Progress, None, Atlas]:
+    """Download a BrainGlobe atlas through brainglobe-atlasapi (its S3 store), with progress and
+    Cancel, then read it as :func:`read_brainglobe_atlas` does; an atlas already present is read
+    without the network.
+
+    Parameters
+    ----------
+    atlas_name : str
+        A BrainGlobe atlas name, e.g. ``"allen_mouse_100um"``.
+    brainglobe_dir : str or Path, optional
+        The BrainGlobe folder (default: brainglobe-atlasapi's configured one).
+    version : str, optional
+        A version (default: the newest).
+
+    Yields
+    ------
+    Progress
+        Bytes received (brainglobe-atlasapi's fsspec transfer callbacks, reported here);
+        Cancel stops at the next chunk, and brainglobe-atlasapi then removes the incomplete
+        atlas's manifest, so a half-downloaded atlas is never read.
+
+    Returns
+    -------
+    Atlas
+
+    Raises
+    ------
+    ImportError
+        brainglobe-atlasapi is missing (the ``brainglobe`` extra).
+    PermissionError
+        The BrainGlobe folder cannot be written.
+    ConnectionError
+        BrainGlobe's atlas store cannot be reached (the message names the folder, where atlases
+        downloaded once stay usable offline).
+    ValueError
+        An atlas name the store does not have.
+    """
+    try:
+        import brainglobe_atlasapi  # noqa: F401
+    except ImportError:
+        raise ImportError("Downloading BrainGlobe atlases needs brainglobe-atlasapi: "
+                          "pip install 'napari-spatial-nmf[brainglobe]'.") from None
+    if not isinstance(atlas_name, str) or not atlas_name.strip():
+        raise ValueError(f"atlas_name must be a BrainGlobe atlas name such as 'allen_mouse_100um'; got {atlas_name!r}.")
+    folder = brainglobe_folder(brainglobe_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PermissionError(f"The BrainGlobe folder {folder} cannot be written ({exc.strerror or exc}); pass "
+                              "brainglobe_dir=.") from None
+    return _download_brainglobe(atlas_name, folder, version)
+
+
+def _download_brainglobe(atlas_name, folder, version):
+    from brainglobe_atlasapi import bg_atlas
+    from fsspec.callbacks import Callback
+
+    if atlas_name in local_brainglobe_atlases(folder):
+        yield Progress(1, 1, f"{atlas_name} is already in {folder}")
+        return read_brainglobe_atlas(atlas_name, brainglobe_dir=folder, version=version)
+    state = {"bytes": 0, "files": 0}
+    cancel = threading.Event()
+
+    class Report(Callback):  # stands in for brainglobe-atlasapi's TqdmCallback: counts, and stops on Cancel
+        def __init__(self, *args, **kwargs):
+            super().__init__()
+
+        def relative_update(self, inc=1):
+            if cancel.is_set():
+                raise KeyboardInterrupt("download cancelled")
+            state["bytes"] += int(inc or 0)
+
+        def branched(self, path_1, path_2, **kwargs):
+            state["files"] += 1
+            return Report()
+
+    errors: list[BaseException] = []
+
+    from brainglobe_atlasapi import core
+
+    def work():
+        try:
+            with _DOWNLOAD_LOCK:
+                previous = bg_atlas.TqdmCallback, core.TqdmCallback
+                bg_atlas.TqdmCallback = core.TqdmCallback = Report
+                try:
+                    bg = bg_atlas.BrainGlobeAtlas(atlas_name, version=version, brainglobe_dir=folder,
+                                                  check_latest=False)
+                    _ = bg.annotation  # its chunks are fetched on first use: now, with progress
+                finally:
+                    bg_atlas.TqdmCallback, core.TqdmCallback = previous
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's side
+            errors.append(exc)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            yield Progress(0, 1, f"{atlas_name}: {state['bytes'] / 2**20:.1f} MB, {state['files']} files "
+                                 f"(into {folder})")
+            thread.join(0.25)
+    except GeneratorExit:
+        cancel.set()
+        thread.join(30)
+        raise
+    if errors:
+        exc = errors[0]
+        if isinstance(exc, ConnectionError) or "connect" in type(exc).__name__.lower():
+            raise ConnectionError(f"Cannot reach BrainGlobe's atlas store to download {atlas_name} ({exc}). Atlases "
+                                  f"downloaded once stay in {folder} and are read offline.") from None
+        if isinstance(exc, (ValueError, FileNotFoundError)):
+            raise ValueError(f"BrainGlobe has no atlas {atlas_name!r} ({exc}). `brainglobe list` names them.") from None
+        raise exc
+    yield Progress(1, 1, f"{atlas_name}: {state['bytes'] / 2**20:.1f} MB downloaded")
+    return read_brainglobe_atlas(atlas_name, brainglobe_dir=folder, version=version)
+
+
+def download_brainglobe_atlas(atlas_name: str, **kwargs) -> Atlas:
+    """Blocking form of :func:`iter_download_brainglobe_atlas` (same parameters, same result)."""
+    from ..core._progress import drain
+
+    return drain(iter_download_brainglobe_atlas(atlas_name, **kwargs))
