@@ -15,6 +15,7 @@ NEEDS = {
     "cancel_latency.py": None,
     "integration_dlpfc.py": "dlpfc_visium_151673_151676",
     "integration_dlpfc_gmm.py": "dlpfc_visium_151673_151676",
+    "integration_domains.py": "baristaseq_visp_3slices",
     "integration_scaling.py": "dlpfc_visium_151673_151676",
     "nnmf_osmfish.py": None,
     "nnmf_scaling.py": None,

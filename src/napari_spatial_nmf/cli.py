@@ -368,7 +368,8 @@ def _integrate(args) -> int:
     _, summary = pipeline.run_integration(
         data, args.k, args.out, method=args.method, section_key=args.section_key, section_names=names,
         n_steps=args.steps, variant=args.variant, n_hvgs=None if args.n_hvgs == 0 else args.n_hvgs,
-        max_iter=args.max_iter,
+        max_iter=args.max_iter, counts=args.counts, genes=args.genes, n_restarts=args.restarts,
+        domains={"neighbours": tuple(args.neighbours), "scale": args.scale, "refine": args.refine},
         random_state=args.random_state, label_key=args.label_key, n_domains=args.n_domains,
         reconstruct=args.reconstruct_3d, spacing=args.spacing if len(args.spacing) > 1 else args.spacing[0],
         um_per_unit=args.um_per_unit, overwrite=args.overwrite, protect=_inputs_of(args), progress=_progress(args))
@@ -487,17 +488,33 @@ def parser() -> argparse.ArgumentParser:
     ig.add_argument("--cells", metavar="FILE", help="one .h5ad holding all sections (with --section-key)")
     ig.add_argument("--section-key", help="obs column naming each cell's section")
     _common(ig)
-    ig.add_argument("--method", choices=["inspire", "joint_nnmf"], default="inspire",
-                    help="INSPIRE (PyTorch, the integration extra) or joint neighbourhood NMF with per-section gene "
-                         "scaling (CPU, no deep learning); default inspire")
+    ig.add_argument("--method", choices=["joint_nnmf", "inspire"], default="joint_nnmf",
+                    help="joint neighbourhood NMF with per-section gene scaling (CPU, no deep learning; default) or "
+                         "INSPIRE (PyTorch, the integration extra)")
+    ig.add_argument("--counts", choices=["raw", "recover", "pseudo"], default="raw",
+                    help="the values are counts (default), or normalised: recover counts from log1p(normalize_total) "
+                         "data, or use the un-logged values as pseudo-counts")
+    ig.add_argument("--genes", choices=["shared", "union"], default="shared",
+                    help="fit the genes all sections share (default), or the union of the panels (joint NNMF; each "
+                         "section's unmeasured genes are imputed)")
+    ig.add_argument("--restarts", type=int, default=1,
+                    help="fits from successive seeds, programs matched and averaged (a consensus; default 1)")
+    ig.add_argument("--neighbours", type=int, nargs="*", default=[18, 54], metavar="K",
+                    help="domains: nearest cells whose mean describes each cell, one range per value (default 18 54; "
+                         "none: each cell by itself)")
+    ig.add_argument("--scale", choices=["section", "none"], default="section",
+                    help="domains: standardise each section's embedding first (default section)")
+    ig.add_argument("--refine", type=int, default=0, metavar="K",
+                    help="domains: neighbour majority vote over K nearest cells (default 0: none)")
     ig.add_argument("--steps", type=int, default=2000, help="INSPIRE training steps (default 2000)")
     ig.add_argument("--variant", choices=["auto", "gat", "lgcn"], default="auto",
                     help="INSPIRE encoder: graph attention (whole sections) or LGCN (minibatches); default auto")
     ig.add_argument("--n-hvgs", type=int, default=3000,
                     help="highly variable genes per section; the model uses their intersection (0: all shared genes)")
-    ig.add_argument("--max-iter", type=int, default=1000, help="joint NNMF iterations at most (default 1000)")
+    ig.add_argument("--max-iter", type=int, default=300, help="joint NNMF iterations at most (default 300)")
     ig.add_argument("--label-key", help="obs column of expert labels: cluster domains and report ARI / NMI / ASW")
-    ig.add_argument("--n-domains", type=int, help="domains to cluster (default: the number of labels)")
+    ig.add_argument("--n-domains", type=int, help="domains to cluster (default: the number of labels; without "
+                                                   "--label-key, domains are clustered when this is given)")
     ig.add_argument("--reconstruct-3d", action="store_true",
                     help="align adjacent sections rigidly and stack them into one 3D point cloud")
     ig.add_argument("--spacing", type=float, nargs="+", default=[10.0],

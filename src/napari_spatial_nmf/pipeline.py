@@ -383,7 +383,8 @@ def program_table(adata: ad.AnnData, key: str = "integration", n_top: int = 20) 
 
 
 def run_integration(sections, n_factors: int, out, *, label_key: str | None = None, n_domains: int | None = None,
-                    reconstruct: bool = False, spacing=10.0, um_per_unit: float | None = None,
+                    domains: dict | None = None, reconstruct: bool = False, spacing=10.0,
+                    um_per_unit: float | None = None,
                     overwrite: bool = False, protect=(), progress: ProgressCallback = None,
                     **kwargs) -> tuple[ad.AnnData, dict]:
     """Integrate sections (:func:`napari_spatial_nmf.tl.integrate`) and write the results.
@@ -393,6 +394,11 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
     (each factor over the sections side by side), ``losses.csv`` (INSPIRE), with labels
     ``scores.csv`` (per-section ARI / NMI / ASW) and ``domains.png``, with
     ``reconstruct=True`` ``registration.csv`` and ``cells_3d.csv``, and ``summary.json``.
+
+    ``domains`` are keyword arguments of :func:`napari_spatial_nmf.tl.cluster_domains`
+    (neighbours, scale, refine). The summary carries the label-free diagnostics (factor usage,
+    section-specific factors, mixing, shared domains) and their warnings, each section's
+    neighbourhood graph, and with ``reconstruct`` each registration's quality.
 
     Every option is checked before training starts: the label column in every section,
     ``n_domains``, and with ``reconstruct`` the coordinates' unit and the spacing.
@@ -423,13 +429,18 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
     with folder:
         res = drain(gen, progress)
         rec = res.uns["integration"]
-        summary = {"method": rec["method"], "n_cells": res.n_obs, "n_shared_genes": res.n_vars,
-                   "sections": list(rec["sections"]), "n_factors": n_factors, "qc": rec["qc"],
-                   "random_state": rec["params"]["random_state"]}
+        summary = {"method": rec["method"], "n_cells": res.n_obs, "n_genes": res.n_vars,
+                   "n_shared_genes": rec["qc"]["n_shared_genes"], "sections": list(rec["sections"]),
+                   "n_factors": n_factors, "qc": rec["qc"], "random_state": rec["params"]["random_state"],
+                   "graph": rec["graph"].round(4).to_dict(orient="records")}
+        if "restarts" in rec:
+            summary["restarts"] = {"n": rec["restarts"]["n"], "instability": round(rec["restarts"]["instability"], 4)}
         basis = "latent" if "X_integration_latent" in res.obsm else "factors"
-        if label_key is not None:
+        if label_key is not None or n_domains is not None:
             n = n_domains or res.obs[label_key].nunique()
-            tl.cluster_domains(res, n, basis=basis)
+            tl.cluster_domains(res, n, **(domains or {}))
+            tl.diagnose(res, domain_key="integration_domain", warn=False)
+        if label_key is not None:
             scores = tl.integration_scores(res, label_key, domain_key="integration_domain", basis=basis)
             scores.to_csv(folder.path("scores.csv"), index=False)
             summary["scores"] = scores.set_index("section")[["ari", "nmi"]].round(4).to_dict(orient="index")
@@ -441,6 +452,13 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
                 pl.domains(sub, "integration_domain", ax=axes[0, j], title=f"{s}: domains ({basis})")
                 pl.domains(sub, label_key, ax=axes[1, j], title=f"{s}: {label_key}")
             fig.savefig(folder.path("domains.png"), dpi=pl.DPI, bbox_inches="tight")
+        diag = rec["diagnostics"]
+        summary["diagnostics"] = {"mixing": round(float(diag["mixing"]), 4),
+                                  "section_specific": diag["section_specific"],
+                                  "shared_domains": diag.get("shared_domains"), "warnings": diag["warnings"]}
+        diag["factor_usage"].to_csv(folder.path("factor_usage.csv"))
+        if "panels" in rec:
+            rec["panels"].to_csv(folder.path("panels.csv"))
         summary["factor_scores"] = tl.factor_scores(res)
         program_table(res).to_csv(folder.path("programs.csv"), index=False)
         cells = pd.DataFrame({"section": res.obs["section"].astype(str), "factor": res.obs["integration_factor"]},
@@ -456,6 +474,8 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
         if reconstruct:
             table = tl.reconstruct_3d(res, spacing=spacing, um_per_unit=um_per_unit)
             table.to_csv(folder.path("registration.csv"), index=False)
+            summary.setdefault("diagnostics", {})["registration_warnings"] = \
+                res.uns["integration_registration"].get("warnings", [])
             pd.DataFrame(res.obsm["spatial_3d"], index=res.obs_names, columns=["x_um", "y_um", "z_um"]).assign(
                 section=res.obs["section"].astype(str).to_numpy()).to_csv(folder.path("cells_3d.csv"))
             summary["registration"] = table.round(3).to_dict(orient="records")

@@ -235,8 +235,8 @@ class InspireResult:
     losses: pd.DataFrame
 
 
-def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "gat", rad_cutoff: float | None = None,
-               rad_coef: float = 1.5, batch_size: int = 1024, coef_recon: float = 1.0, coef_geom: float = 0.02,
+def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "gat", radii=None,
+               batch_size: int = 1024, coef_recon: float = 1.0, coef_geom: float = 0.02,
                random_state: int = 1234, log_every: int = 10, n_threads: int | None = None
                ) -> Generator[Progress, None, InspireResult]:
     """Train INSPIRE on prepared sections; one :class:`Progress` per ``log_every`` steps.
@@ -251,11 +251,11 @@ def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "g
         Training steps (the model has no stopping rule).
     variant : {"gat", "lgcn"}
         Graph attention on whole sections, or an MLP on ``[X, ÂX]`` with minibatches.
-    rad_cutoff : float, optional
-        Neighbour radius (coordinate units); default ``rad_coef`` times the smallest
-        distance between two cells of the first section (INSPIRE's rule).
-    rad_coef : float
-        See ``rad_cutoff``.
+    radii : sequence of float, optional
+        Each section's neighbour radius (coordinate units); default
+        :func:`napari_spatial_nmf.core.neighbourhoods.data_radius` of each section (INSPIRE's
+        own rule, 1.5 x the smallest distance in the first section, is what
+        ``tl.integrate(rad_coef=1.5)`` asks for).
     batch_size : int
         Cells drawn per section and step (LGCN; with replacement, as the reference).
     coef_recon, coef_geom : float
@@ -283,8 +283,10 @@ def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "g
             torch.set_num_threads(int(n_threads))
         S = len(sec.names)
         G = len(sec.genes)
-        radius = rad_cutoff if rad_cutoff is not None else rad_coef * min_distance(sec.coords[0])
-        graphs = [radius_graph(c, radius) for c in sec.coords]
+        from .neighbourhoods import data_radius
+
+        radii = [float(r) for r in radii] if radii is not None else [data_radius(c) for c in sec.coords]
+        graphs = [radius_graph(c, r) for c, r in zip(sec.coords, radii)]
         t = torch.from_numpy
         if variant == "gat":
             feats = [t(x) for x in sec.lognorm]
@@ -302,7 +304,7 @@ def iter_train(sec: Sections, n_factors: int, n_steps: int, *, variant: str = "g
         n_total = sum(sec.sizes)
         rows, last = [], "starting"
         yield Progress(0, n_steps, f"INSPIRE ({variant.upper()}): {S} sections, {n_total:,} cells x {G:,} genes, "
-                                   f"K = {n_factors}, neighbour radius {radius:.3g}")
+                                   f"K = {n_factors}, neighbour radii {', '.join(f'{r:.3g}' for r in radii)}")
         for step in range(n_steps):
             Zs, betas, recons, xs, cs, ls = [], [], [], [], [], []
             for s in range(S):

@@ -29,6 +29,7 @@ scaled by c_s.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -50,7 +51,8 @@ class JointResult:
     signatures : numpy.ndarray, (K, G)
         Gene programs shared by all sections, rows sum to 1.
     gamma : numpy.ndarray, (n_sections, G)
-        log of the per-section gene scaling (row 0 is 0).
+        log of the per-section gene scaling (0 in each gene's reference section, the first
+        that measured it; NaN where a section did not measure the gene).
     gkl : float
         Final generalized KL divergence.
     trace : numpy.ndarray, (m, 2)
@@ -95,8 +97,8 @@ def _gkl(Xs, Ws, Ht, c) -> float:
 
 def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components: int, S: sp.csr_matrix | None = None,
                    *, max_iter: int = 1000, tol: float = 1e-7, initial: int = 3, small_iter: int = 50,
-                   error_freq: int = 10, fit_gamma: bool = True, random_state: int | None = 0
-                   ) -> Generator[Progress, None, JointResult]:
+                   error_freq: int = 10, fit_gamma: bool = True, random_state: int | None = 0,
+                   measured: np.ndarray | None = None) -> Generator[Progress, None, JointResult]:
     """Fit joint NNMF; one :class:`Progress` per iteration.
 
     Parameters
@@ -117,6 +119,11 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
         Fit the per-section gene scaling (False: c = 1, plain joint NNMF).
     random_state : int or None
         Seed of the U(0, 1) starts.
+    measured : numpy.ndarray of bool, (n_sections, G), optional
+        Which section measured which gene (panels that differ): a section's likelihood runs
+        over its own genes only (its scaling c is 0 on the others), every program has a weight
+        for every gene, and each gene's scaling is fixed at 1 in the first section that
+        measured it. None: every section measured every gene.
 
     Returns
     -------
@@ -127,7 +134,9 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
     rng = np.random.default_rng(random_state)
     Xs = [X[a:b] for a, b in bounds]
     col_sums = [np.asarray(x.sum(axis=0)).ravel() for x in Xs]
-    c = np.ones((len(bounds), G))
+    M = np.ones((len(bounds), G), dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
+    ref = M.argmax(axis=0)  # each gene's reference section (its scaling fixed at 1)
+    c = M.astype(np.float64)
     total = initial * small_iter + max_iter
     step = 0
     if not _nn._kernels_ready(K):
@@ -155,9 +164,12 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
         Ht /= r[None, :]
         W *= r[None, :]
         _w_update(Xs, Ws, Ht, c)  # (3)
-        if fit_gamma:  # (4): closed form on the unsmoothed fit, the first section fixed at 1
-            for s in range(1, len(bounds)):
-                c[s] = np.maximum(col_sums[s] / np.maximum(Ws[s].sum(axis=0) @ Ht.T, _nn.CLAMP), _nn.CLAMP)
+        if fit_gamma:  # (4): closed form on the unsmoothed fit, each gene's reference section fixed at 1
+            for s in range(len(bounds)):
+                free = M[s] & (ref != s)
+                if free.any():
+                    fit = col_sums[s] / np.maximum(Ws[s].sum(axis=0) @ Ht.T, _nn.CLAMP)
+                    c[s, free] = np.maximum(fit[free], _nn.CLAMP)
         if S is not None:
             _nn._smooth(S.indptr, S.indices, S.data, W, _nn._N_CHUNKS)
             _nn._clamp(W)
@@ -174,5 +186,12 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
             old = new
         yield Progress(step, total, msg)
     H = Ht.T.copy()
-    return JointResult(W, H, np.log(c), _gkl(Xs, Ws, Ht, c), np.asarray(trace, float).reshape(-1, 2), t + 1,
+    if stop_reason == "max_iter" and max_iter > error_freq:
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.warn(f"Joint NNMF stopped at max_iter={max_iter} before the tolerance {tol:g} was met; raise "
+                      "max_iter (or tol) if the factors still change.", ConvergenceWarning, stacklevel=3)
+    with np.errstate(divide="ignore"):
+        gamma = np.where(M, np.log(np.maximum(c, _nn.CLAMP)), np.nan)  # NaN: a gene the section did not measure
+    return JointResult(W, H, gamma, _gkl(Xs, Ws, Ht, c), np.asarray(trace, float).reshape(-1, 2), t + 1,
                        stop_reason)

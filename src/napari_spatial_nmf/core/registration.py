@@ -22,6 +22,19 @@ from __future__ import annotations
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+MIN_INLIER_FRACTION = 0.1
+MAX_INCONSISTENCY = 3.0  # cell spacings
+
+
+def typical_spacing(coords: np.ndarray) -> float:
+    """The median distance from a cell to its nearest neighbour."""
+    from scipy.spatial import cKDTree
+
+    C = np.asarray(coords, dtype=np.float64)
+    if len(C) < 2:
+        return 0.0
+    return float(np.median(cKDTree(C).query(C, k=2)[0][:, 1]))
+
 
 def mnn_pairs(A: np.ndarray, B: np.ndarray, k: int = 30) -> tuple[np.ndarray, np.ndarray]:
     """Mutual nearest neighbours between two sets of embeddings (cosine distance).

@@ -31,11 +31,13 @@ class Sections:
     names : list of str
         One per section, in the given order (the adversarial chain's order).
     genes : list of str
-        The shared genes (G).
+        The model's genes (G): the shared genes, or with ``genes="union"`` every selected gene
+        of any section (``measured`` says which section measured which).
     counts : list of scipy.sparse.csr_matrix, float32, (n_s, G)
-        Raw counts of the shared genes.
-    lognorm : list of numpy.ndarray, float32, (n_s, G)
-        ``log1p(normalize_total(1e4))`` restricted to the shared genes.
+        Counts of those genes (a gene the section did not measure has no entries).
+    lognorm : list of numpy.ndarray, float32, (n_s, G), or empty
+        ``log1p(normalize_total(1e4))`` of the shared genes (INSPIRE's encoder input; only
+        when asked for).
     library : list of numpy.ndarray, float32, (n_s,)
         Library sizes: the sum of each cell's shared-gene counts.
     coords : list of numpy.ndarray, float64, (n_s, 2 or 3)
@@ -43,7 +45,9 @@ class Sections:
     obs : list of pandas.DataFrame
         The kept cells' obs (index made unique per section).
     report : dict
-        Cells and genes dropped per section, HVGs per section.
+        Cells and genes dropped per section, HVGs per section, how counts were obtained.
+    measured : numpy.ndarray of bool, (n_sections, G), optional
+        Which section measured which gene (None: all of them).
     """
 
     names: list[str]
@@ -54,6 +58,19 @@ class Sections:
     coords: list
     obs: list
     report: dict = field(default_factory=dict)
+    measured: np.ndarray | None = None
+
+    @property
+    def panels(self) -> np.ndarray:
+        """(sections x genes) bool: which section measured which gene (all True for shared genes)."""
+        if self.measured is None:
+            return np.ones((len(self.names), len(self.genes)), dtype=bool)
+        return self.measured
+
+    @property
+    def shared(self) -> list[str]:
+        """The genes every section measured."""
+        return [g for g, m in zip(self.genes, self.panels.all(axis=0)) if m]
 
     @property
     def sizes(self) -> list[int]:
@@ -102,7 +119,10 @@ def _matrix(a: ad.AnnData, layer: str | None):
     return sp.csr_matrix(X) if not sp.issparse(X) else X.tocsr()
 
 
-def check_sections(adatas, names, *, layer: str | None, spatial_key: str) -> None:
+COUNTS = ("raw", "recover", "pseudo")
+
+
+def check_sections(adatas, names, *, layer: str | None, spatial_key: str, counts: str = "raw") -> None:
     """Refuse what cannot be integrated, naming the section and the fix (no computation).
 
     Raises
@@ -120,7 +140,9 @@ def check_sections(adatas, names, *, layer: str | None, spatial_key: str) -> Non
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"Section names must be unique; {dup} repeat. Pass section_names=[...].")
-    dims = set()
+    if counts not in COUNTS:
+        raise ValueError(f"counts must be one of {COUNTS}; got {counts!r}.")
+    dims, not_counts = set(), []
     for a, n in zip(adatas, names):
         if not isinstance(a, ad.AnnData):
             raise TypeError(f"Section {n!r} is a {type(a).__name__}, not an AnnData.")
@@ -143,8 +165,13 @@ def check_sections(adatas, names, *, layer: str | None, spatial_key: str) -> Non
                              "or log-transformed data.")
         sample = data[: 200_000]
         if sample.size and np.mean(sample != np.round(sample)) > 0.01:
-            raise ValueError(f"Section {n!r} does not hold counts ({np.mean(sample != np.round(sample)):.0%} of the "
-                             "values are not integers): the model is Poisson on raw counts; pass them (layer=...).")
+            not_counts.append(f"{n!r} ({np.mean(sample != np.round(sample)):.0%} non-integer)")
+    if not_counts and counts == "raw":
+        raise ValueError(f"Sections {', '.join(not_counts)} do not hold counts; the model is Poisson on counts. Pass "
+                         "them (layer=...) if you have them. Otherwise: counts='recover' for log1p(normalize_total) "
+                         "data (each cell's counts recovered as expm1(X) over its smallest non-zero value, as "
+                         "scanpy's normalisation leaves them), or counts='pseudo' to use the un-logged values as "
+                         "pseudo-counts.")
     if len(dims) > 1:
         raise ValueError(f"The sections' coordinates have different dimensions ({sorted(dims)}): give all sections "
                          "2-D (x, y) or all 3-D (x, y, z) coordinates.")
@@ -181,15 +208,64 @@ def section_unit(adatas, names) -> str | None:
                      "uns['spatial_unit'] on every section.")
 
 
+def to_counts(X, mode: str, logged: bool | None = None) -> tuple[sp.csr_matrix, dict]:
+    """Counts from normalised values.
+
+    ``"recover"``: for ``log1p(normalize_total(counts))`` (or ``normalize_total`` without the
+    log): each cell's values un-logged and divided by its smallest non-zero one (a cell's
+    smallest count is almost always 1), rounded; the share of values that were within 0.01
+    of an integer is reported. ``"pseudo"``: the un-logged values themselves (non-integer
+    pseudo-counts; the Poisson likelihood is then the KL divergence of KL-NMF).
+    ``logged``: whether ``X`` is log1p-transformed (default: when its largest value is
+    below 20, as log1p of normalised counts is).
+
+    Returns
+    -------
+    (csr_matrix float32, dict) : the counts and a report.
+
+    Raises
+    ------
+    ValueError
+        ``"recover"`` on values that are not scaled counts (under 90 % near-integers).
+    """
+    X = sp.csr_matrix(X, dtype=np.float64)
+    if logged is None:
+        logged = bool(X.data.size) and float(X.data.max()) < 20
+    V = X.copy()
+    if logged:
+        V.data = np.expm1(V.data)
+    report = {"mode": mode, "logged": bool(logged)}
+    if mode == "pseudo":
+        V.eliminate_zeros()
+        return V.astype(np.float32), report
+    mins = np.full(V.shape[0], np.inf)
+    nnz = np.diff(V.indptr)
+    if V.data.size:
+        rows = np.repeat(np.arange(V.shape[0]), nnz)
+        np.minimum.at(mins, rows, V.data)
+        scaled = V.data / mins[rows]
+        share = float(np.mean(np.abs(scaled - np.round(scaled)) < 0.01))
+        V.data = np.round(scaled)
+    else:
+        share = 1.0
+    report["integer_share"] = share
+    if share < 0.9:
+        raise ValueError(f"Only {share:.0%} of the values are scaled integers: these are not normalised counts, so "
+                         "counts cannot be recovered. Use counts='pseudo'.")
+    V.eliminate_zeros()
+    return V.astype(np.float32), report
+
+
 def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: str = "spatial",
                      n_hvgs: int | None = 3000, min_genes: int = 1, min_cells: int = 1,
-                     target_sum: float = 1e4) -> Sections:
-    """QC, HVGs, shared genes, counts, library sizes and log-normalised features of each section.
+                     target_sum: float = 1e4, counts: str = "raw", genes: str = "shared",
+                     features: bool = True) -> Sections:
+    """QC, HVGs, the model's genes, counts, library sizes and log-normalised features of each section.
 
     Parameters
     ----------
     adatas : list of anndata.AnnData
-        One per section, raw counts in ``X`` (or ``layers[layer]``), coordinates in
+        One per section, counts in ``X`` (or ``layers[layer]``), coordinates in
         ``obsm[spatial_key]``. Not modified.
     names : list of str
         Section names.
@@ -198,12 +274,19 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
     spatial_key : str
         Coordinates' key.
     n_hvgs : int or None
-        HVGs per section (seurat_v3); None keeps all genes (the shared features are then
-        the genes all sections have).
+        HVGs per section (seurat_v3); None keeps all genes.
     min_genes, min_cells : int
-        INSPIRE's QC: cells with fewer genes, genes in fewer cells are dropped per section.
+        INSPIRE's QC: cells with fewer genes, genes in fewer cells are dropped per section
+        (reported, with a warning when any cell is dropped).
     target_sum : float
         Total of each cell after ``normalize_total`` (INSPIRE: 1e4).
+    counts : {"raw", "recover", "pseudo"}
+        The values are counts; or normalised values turned into counts (:func:`to_counts`).
+    genes : {"shared", "union"}
+        The model's genes: those every section selected (INSPIRE's intersection), or every
+        gene some section selected (a panel's missing genes are then masked per section).
+    features : bool
+        Compute the log-normalised features of the shared genes (INSPIRE's encoder input).
 
     Returns
     -------
@@ -220,18 +303,24 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
     if n_hvgs is not None and (isinstance(n_hvgs, bool) or not isinstance(n_hvgs, (int, np.integer)) or n_hvgs < 1):
         raise ValueError(f"n_hvgs must be a positive number of genes, or None for every shared gene; got "
                          f"{n_hvgs!r}.")
-    check_sections(adatas, names, layer=layer, spatial_key=spatial_key)
-    kept, hvgs, report = [], [], {"cells_dropped": {}, "genes_dropped": {}, "hvgs": {}}
+    if genes not in ("shared", "union"):
+        raise ValueError(f"genes must be 'shared' or 'union'; got {genes!r}.")
+    check_sections(adatas, names, layer=layer, spatial_key=spatial_key, counts=counts)
+    kept, hvgs = [], []
+    report = {"cells_dropped": {}, "genes_dropped": {}, "hvgs": {}, "counts": {}, "genes": genes}
     for a, n in zip(adatas, names):
-        b = ad.AnnData(_matrix(a, layer).astype(np.float32), obs=a.obs.copy(), var=pd.DataFrame(index=a.var_names))
+        X = _matrix(a, layer)
+        if counts != "raw":
+            X, report["counts"][n] = to_counts(X, counts, logged=True if "log1p" in a.uns else None)
+        b = ad.AnnData(X.astype(np.float32), obs=a.obs.copy(), var=pd.DataFrame(index=a.var_names))
         b.obsm["spatial"] = np.asarray(a.obsm[spatial_key], dtype=np.float64)
         b.var_names_make_unique()
         b = b[:, ~b.var_names.str.startswith(("mt-", "MT-"))]
         n0, g0 = b.shape
         cells = sc.pp.filter_cells(b, min_genes=min_genes, inplace=False)[0]
         b = b[cells]
-        genes = sc.pp.filter_genes(b, min_cells=min_cells, inplace=False)[0]
-        b = b[:, genes].copy()
+        keep_genes = sc.pp.filter_genes(b, min_cells=min_cells, inplace=False)[0]
+        b = b[:, keep_genes].copy()
         report["cells_dropped"][n], report["genes_dropped"][n] = int(n0 - b.n_obs), int(g0 - b.n_vars)
         if b.n_obs < MIN_SECTION_CELLS:
             raise ValueError(f"Section {n!r} keeps {b.n_obs} cells after QC (min_genes={min_genes}); a section "
@@ -249,26 +338,41 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
         hvgs.append(set(h))
     shared = sorted(set.intersection(*hvgs))
     if not shared:
-        counts = ", ".join(f"{n}: {len(h)}" for n, h in zip(names, hvgs))
-        raise ValueError(f"The sections share no {'highly variable ' if n_hvgs else ''}genes ({counts}; shared: 0). "
+        counts_ = ", ".join(f"{n}: {len(h)}" for n, h in zip(names, hvgs))
+        raise ValueError(f"The sections share no {'highly variable ' if n_hvgs else ''}genes ({counts_}; shared: 0). "
                          "Check that they use the same gene identifiers"
                          + (", or pass n_hvgs=None to use every gene they have in common." if n_hvgs else "."))
-    counts, lognorm, library, coords, obs = [], [], [], [], []
-    for b, n in zip(kept, names):
-        c = b[:, shared].X.tocsr().astype(np.float32)
+    model_genes = shared if genes == "shared" else sorted(set.union(*hvgs))
+    # a section measured a model gene if the gene passed its QC (selected there or not: its counts are data)
+    measured = np.array([[g in set(b.var_names) for g in model_genes] for b in kept])
+    pos = {g: j for j, g in enumerate(model_genes)}
+    out_counts, lognorm, library, coords, obs = [], [], [], [], []
+    for b, n, m in zip(kept, names, measured):
+        own = [g for g in model_genes if m[pos[g]]]
+        sub = b[:, own].X.tocsr().astype(np.float32)
+        cols = np.array([pos[g] for g in own], dtype=np.int64)
+        c = sp.csr_matrix((sub.data, cols[sub.indices], sub.indptr), shape=(sub.shape[0], len(model_genes)))
         lib = np.asarray(c.sum(axis=1)).ravel()
         keep = lib > 0
         if not keep.all():
             report["cells_dropped"][n] += int((~keep).sum())
             b, c, lib = b[keep], c[keep], lib[keep]
-        total = np.asarray(b.X.sum(axis=1)).ravel()
-        norm = sp.diags((target_sum / np.maximum(total, 1e-12)).astype(np.float32)) @ b[:, shared].X
-        counts.append(c)
-        lognorm.append(np.log1p(norm.toarray()).astype(np.float32))
+        if features:
+            total = np.asarray(b.X.sum(axis=1)).ravel()
+            norm = sp.diags((target_sum / np.maximum(total, 1e-12)).astype(np.float32)) @ b[:, shared].X
+            lognorm.append(np.log1p(norm.toarray()).astype(np.float32))
+        out_counts.append(c)
         library.append(lib.astype(np.float32))
         coords.append(np.asarray(b.obsm["spatial"], dtype=np.float64))
         o = b.obs.copy()
         o.index = [f"{i}-{n}" for i in o.index]
         obs.append(o)
-    report["n_shared_genes"] = len(shared)
-    return Sections(list(names), shared, counts, lognorm, library, coords, obs, report)
+    dropped = {n: v for n, v in report["cells_dropped"].items() if v}
+    if dropped:
+        warnings.warn(f"Cells left out by QC (fewer than {min_genes} genes, or no counts in the model's genes): "
+                      + ", ".join(f"{n}: {v}" for n, v in dropped.items())
+                      + ". They are not in the result; lower min_genes to keep them.", UserWarning, stacklevel=4)
+    report["n_shared_genes"] = int(measured.all(axis=0).sum()) if genes == "union" else len(shared)
+    report["n_genes"] = len(model_genes)
+    return Sections(list(names), list(model_genes), out_counts, lognorm, library, coords, obs, report,
+                    None if genes == "shared" else measured)

@@ -30,7 +30,7 @@ from ._atlas import (
     store_osnmf_suite,
 )
 from ._common import pattern_names, signature_names
-from ._integrate import factor_names, integrate, iter_integrate
+from ._integrate import diagnose, factor_names, integrate, iter_integrate
 from ._nmf import check_nmf_input, impute_knn, iter_impute_knn, iter_nmf, nmf
 from ._nnmf import (
     estimate_lengthscale,
@@ -50,6 +50,7 @@ __all__ = [
     "check_nmf_input",
     "cluster_domains",
     "coexpression_networks",
+    "diagnose",
     "estimate_lengthscale",
     "factor_names",
     "factor_scores",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import anndata as ad
@@ -106,8 +107,17 @@ def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: 
     -------
     pandas.DataFrame
         Per section: ``section, z_um, angle_deg, tx, ty`` (the transform onto the previous
-        section, in the coordinates' units), ``n_pairs, n_inliers``. Writes
-        ``obsm["spatial_3d"]`` ((n, 3) µm) and ``uns[f"{key}_registration"]``.
+        section, in the coordinates' units), ``n_pairs, n_inliers, inlier_fraction`` (RANSAC's
+        inliers among the matched pairs) and ``consistency_um`` (how far the cells land from
+        where they started when the forward fit is followed by the fit of the other direction:
+        0 for a consistent pair). Writes ``obsm["spatial_3d"]`` ((n, 3) µm) and
+        ``uns[f"{key}_registration"]`` (with the warnings).
+
+    Warns
+    -----
+    UserWarning
+        A weak registration: under 10 % of the matched pairs are inliers, or the two
+        directions disagree by more than 3 cell spacings.
 
     Raises
     ------
@@ -127,15 +137,32 @@ def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: 
     lab = sections.astype(str).to_numpy()
     masks = [lab == s for s in order]
     aligned = C.copy()
-    rows = [{"section": order[0], "z_um": 0.0, "angle_deg": 0.0, "tx": 0.0, "ty": 0.0, "n_pairs": 0, "n_inliers": 0}]
+    rows = [{"section": order[0], "z_um": 0.0, "angle_deg": 0.0, "tx": 0.0, "ty": 0.0, "n_pairs": 0, "n_inliers": 0,
+             "inlier_fraction": np.nan, "consistency_um": np.nan}]
+    msgs = []
     for i in range(1, len(order)):
         prev, cur = masks[i - 1], masks[i]
         fit = _R.align_pair(C[cur], E[cur], aligned[prev], E[prev], k=k, max_cells=max_cells,
                             random_state=random_state)
-        aligned[cur] = _R.apply(C[cur], fit["rotation"], fit["translation"])
+        back = _R.align_pair(aligned[prev], E[prev], C[cur], E[cur], k=k, max_cells=max_cells,
+                             random_state=random_state)
+        moved = _R.apply(C[cur], fit["rotation"], fit["translation"])
+        round_trip = _R.apply(moved, back["rotation"], back["translation"])  # back onto itself if consistent
+        consistency = float(np.sqrt(np.mean(np.sum((round_trip - C[cur]) ** 2, axis=1)))) * um_per_unit
+        aligned[cur] = moved
+        frac = fit["n_inliers"] / max(fit["n_pairs"], 1)
+        spacing_um = _R.typical_spacing(C[prev]) * um_per_unit
         rows.append({"section": order[i], "z_um": float(gaps[:i].sum()), "angle_deg": fit["angle_deg"],
                      "tx": float(fit["translation"][0]), "ty": float(fit["translation"][1]),
-                     "n_pairs": fit["n_pairs"], "n_inliers": fit["n_inliers"]})
+                     "n_pairs": fit["n_pairs"], "n_inliers": fit["n_inliers"], "inlier_fraction": frac,
+                     "consistency_um": consistency})
+        if frac < _R.MIN_INLIER_FRACTION or consistency > _R.MAX_INCONSISTENCY * spacing_um:
+            msgs.append(f"The registration of {order[i]!r} onto {order[i - 1]!r} is weak: it rests on {frac:.1%} of "
+                        f"its {fit['n_pairs']:,} matched pairs, and aligning back the other way misses the start by "
+                        f"{consistency:.0f} µm ({consistency / max(spacing_um, 1e-12):.1f} cell spacings). The "
+                        "sections may share little tissue, or the integration did not bring them together.")
+    for m in msgs:
+        warnings.warn(m, UserWarning, stacklevel=2)
     table = pd.DataFrame(rows)
     z = np.zeros(len(C))
     for m, zz in zip(masks, table["z_um"]):
@@ -146,5 +173,5 @@ def reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: 
                  {"order": order, "spacing_um": [float(g) for g in gaps], "um_per_unit": um_per_unit, "k": k,
                   "max_cells": max_cells, "random_state": random_state, "embedding": basis,
                   "source": "INSPIRE tutorial recipe: MNN pairs in the integrated space + rigid fit (RANSAC, Umeyama)"},
-                 record={"table": table})
+                 record={"table": table, "warnings": msgs})
     return table

@@ -30,33 +30,55 @@ def programs_of(adata: ad.AnnData, key: str) -> np.ndarray:
                    f"{[p.format(key=key) for p in PROGRAM_KEYS]}).")
 
 
-def cluster_domains(adata: ad.AnnData, n_domains: int, *, key: str = "integration", basis: str = "latent",
-                    covariance_type: str = "tied", n_init: int = 5, random_state: int = 0,
-                    key_added: str | None = None) -> pd.Series:
-    """Spatial domains: a Gaussian mixture on the latent space (INSPIRE's clustering) or on the
-    factor proportions, or the argmax factor.
+DOMAIN_NEIGHBOURS = (18, 54)  # nearest cells of the same section: a cell's surroundings at two ranges
+
+
+def cluster_domains(adata: ad.AnnData, n_domains: int | None = None, *, key: str = "integration",
+                    basis: str = "auto", scale: str = "section", neighbours=DOMAIN_NEIGHBOURS, refine: int = 0,
+                    section_key: str = "section", spatial_key: str = "spatial", covariance_type: str = "tied",
+                    n_init: int = 5, random_state: int = 0, key_added: str | None = None) -> pd.Series:
+    """Spatial domains of an integration (or any factorization): a Gaussian mixture on the
+    cells' integrated description and its surroundings, or the argmax factor.
+
+    The steps (:mod:`napari_spatial_nmf.core.domains`): the embedding (``basis``) is
+    standardised within each section (``scale="section"``), described by its mean over each
+    cell's ``neighbours`` nearest cells of the same section (several ranges side by side;
+    MENDER's multi-range description), clustered by a Gaussian mixture (the most likely of
+    ``n_init`` starts), and optionally refined by a neighbour majority vote (``refine``).
+    Measured on DLPFC and BARISTAseq in ``docs/benchmarks.md``.
 
     Parameters
     ----------
     adata : anndata.AnnData
         With a result ``key``.
-    n_domains : int
-        Mixture components (e.g. the number of expert layers).
+    n_domains : int, optional
+        Mixture components (e.g. the number of expert layers). Required unless
+        ``basis="argmax"``, which gives one domain per factor in use.
     key : str
         The result.
-    basis : {"latent", "factors", "argmax"}
-        ``obsm[f"X_{key}_latent"]`` (INSPIRE), ``obsm[f"X_{key}"]``, or its argmax.
+    basis : {"auto", "latent", "factors", "argmax"}
+        ``obsm[f"X_{key}_latent"]`` (INSPIRE), ``obsm[f"X_{key}"]`` (factor proportions),
+        or the argmax factor; "auto": the latent space when there is one, else the factors.
+    scale : {"section", "none"}
+        Standardise each dimension within each section first (removes section-wide shifts,
+        a batch or platform effect: +0.35 pooled ARI on the BARISTAseq slices), or not.
+    neighbours : sequence of int
+        Numbers of nearest cells (same section) whose mean describes each cell, one range
+        per value; () describes each cell by itself.
+    refine : int
+        Neighbour majority vote over this many nearest cells after clustering (0: none;
+        6 is the Visium lattice's ring).
+    section_key, spatial_key : str
+        Sections (neighbourhoods never cross them) and coordinates.
     covariance_type : {"tied", "full", "diag", "spherical"}
-        scikit-learn's mixture covariance (INSPIRE's notebook is not public; "tied", one
-        shared covariance, scored best on the DLPFC latent space: docs/benchmarks.md).
+        The mixture's covariance ("tied" scored best: docs/benchmarks.md).
     n_init : int
-        Mixture fits from different starts; the one with the highest likelihood is kept (no
-        labels used). About one fit in ten lands in a poor optimum on the DLPFC latent space (ARI
-        0.44 instead of 0.57; docs/benchmarks.md); each start costs about 0.8 s per 14,000 cells.
+        Mixture starts; the most likely is kept (no labels used).
     random_state : int
         The mixture's seed.
     key_added : str, optional
-        ``obs`` column (default ``f"{key}_domain"``).
+        ``obs`` column (default ``f"{key}_domain"``); the parameters go to
+        ``uns[f"{key_added}_params"]``.
 
     Returns
     -------
@@ -66,36 +88,65 @@ def cluster_domains(adata: ad.AnnData, n_domains: int, *, key: str = "integratio
     Raises
     ------
     KeyError
-        The basis is not in the AnnData (joint NNMF has no latent space: use "factors").
+        The basis, section or coordinates are not in the AnnData (joint NNMF has no latent
+        space).
     TypeError
-        ``n_init`` is not an integer.
+        ``n_domains``, ``n_init`` or ``refine`` not integers.
     ValueError
-        An unknown basis, or ``n_init`` below 1.
+        An unknown basis, scale or covariance; ``n_domains`` missing, below 1 or above the
+        cells; ``n_domains`` with ``basis="argmax"`` that differs from the factors in use.
     """
-    from sklearn.mixture import GaussianMixture
+    from ..core import domains as D
 
     n_init = check_int(n_init, "n_init", minimum=1)
-    n_domains = check_int(n_domains, "n_domains", minimum=1)
+    refine = check_int(refine, "refine", minimum=0)
     if covariance_type not in ("tied", "full", "diag", "spherical"):
         raise ValueError(f"covariance_type must be 'tied', 'full', 'diag' or 'spherical'; got {covariance_type!r}.")
+    if scale not in ("section", "none"):
+        raise ValueError(f"scale must be 'section' or 'none'; got {scale!r}.")
+    neighbours = tuple(check_int(k, "each value of neighbours", minimum=1) for k in neighbours)
+    if basis == "auto":
+        basis = "latent" if f"X_{key}_latent" in check_adata(adata).obsm else "factors"
     name = {"latent": f"X_{key}_latent", "factors": f"X_{key}", "argmax": f"X_{key}"}.get(basis)
     if name is None:
-        raise ValueError(f"basis must be 'latent', 'factors' or 'argmax'; got {basis!r}.")
+        raise ValueError(f"basis must be 'auto', 'latent', 'factors' or 'argmax'; got {basis!r}.")
     if name not in check_adata(adata).obsm:
         raise KeyError(f"No obsm[{name!r}]: " + ("this result has no latent space (joint NNMF); use "
                                                   "basis='factors'." if basis == "latent" else "run the tool first."))
+    sections = adata.obs[section_key].to_numpy() if section_key in adata.obs else np.zeros(adata.n_obs)
     E = np.asarray(adata.obsm[name], dtype=np.float64)
-    if basis != "argmax" and n_domains > len(E):
-        raise ValueError(f"n_domains = {n_domains} is more than the {len(E):,} cells.")
     if basis == "argmax":
-        lab = E.argmax(axis=1)
+        used = np.unique(E.argmax(axis=1))
+        if n_domains is not None and check_int(n_domains, "n_domains", minimum=1) != len(used):
+            raise ValueError(f"basis='argmax' gives one domain per factor in use ({len(used)} of {E.shape[1]}), not "
+                             f"n_domains = {n_domains}: leave n_domains out, or cluster with basis='factors'.")
+        lab = np.searchsorted(used, E.argmax(axis=1))
     else:
-        lab = GaussianMixture(int(n_domains), covariance_type=covariance_type, n_init=n_init,
-                              random_state=random_state, reg_covar=1e-5).fit_predict(E)
-    names = [f"D{i + 1}" for i in range(int(lab.max()) + 1)]
+        if n_domains is None:
+            raise ValueError("Give n_domains (e.g. the number of expert layers), or use basis='argmax'.")
+        n_domains = check_int(n_domains, "n_domains", minimum=1)
+        if n_domains > len(E):
+            raise ValueError(f"n_domains = {n_domains} is more than the {len(E):,} cells.")
+        if scale == "section":
+            E = D.standardise(E, sections)
+        if neighbours:
+            if spatial_key not in adata.obsm:
+                raise KeyError(f"No obsm[{spatial_key!r}] with coordinates for the neighbourhoods; pass "
+                               "neighbours=() to cluster the cells by themselves.")
+            E = D.neighbourhood_features(E, np.asarray(adata.obsm[spatial_key])[:, :2], sections, neighbours)
+        lab = D.mixture_labels(E, n_domains, covariance_type=covariance_type, n_init=n_init,
+                               random_state=random_state)
+    if refine:
+        lab = D.refine_labels(lab, np.asarray(adata.obsm[spatial_key])[:, :2], sections, refine)
+    uniq = np.unique(lab)
+    lab = np.searchsorted(uniq, lab)
+    names = [f"D{i + 1}" for i in range(len(uniq))]
     dom = pd.Categorical(np.asarray(names)[lab], categories=names)
     col = key_added or f"{key}_domain"
     adata.obs[col] = dom
+    adata.uns[f"{col}_params"] = {"basis": basis, "scale": scale, "neighbours": list(neighbours), "refine": refine,
+                                  "covariance_type": covariance_type, "n_init": n_init, "random_state": random_state,
+                                  "n_domains": len(names)}
     return adata.obs[col]
 
 

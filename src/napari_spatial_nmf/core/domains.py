@@ -1,0 +1,89 @@
+"""Spatial domains from an integrated embedding: the steps around the Gaussian mixture.
+
+1. **Per-section standardisation** (``scale="section"``): every embedding dimension centred
+   and scaled within each section, so a section-wide shift (a batch or platform effect that
+   the model left in its factors) does not split the domains by section.
+2. **Neighbourhood composition** (``neighbours=(k1, k2, ...)``): each cell described by the
+   mean of the embedding over its k nearest cells of the same section, for several k (a
+   multi-range description of the cell's surroundings, as MENDER describes cells by the
+   cell types around them at several ranges; Yuan 2024 Nat Commun 15:1162). With factor
+   proportions as the embedding this is the mix of programs around each cell.
+3. A Gaussian mixture (scikit-learn; tied covariance, the most likely of several starts).
+4. Optional **refinement** (``refine=k``): each cell takes the label most of its k nearest
+   cells of the same section carry (the majority smoothing SpaGCN and GraphST apply before
+   scoring).
+
+All neighbourhoods are counts of nearest cells, so they adapt to each section's own density.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+
+from ._memory import check_memory
+
+
+def _groups(sections) -> list[np.ndarray]:
+    codes = pd.factorize(np.asarray(sections).astype(str))[0]
+    return [np.flatnonzero(codes == c) for c in range(codes.max() + 1)]
+
+
+def standardise(E: np.ndarray, sections) -> np.ndarray:
+    """Each column centred and scaled to unit variance within each section (constant columns: 0)."""
+    E = np.asarray(E, dtype=np.float64)
+    out = np.empty_like(E)
+    for idx in _groups(sections):
+        block = E[idx]
+        sd = block.std(axis=0)
+        out[idx] = (block - block.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    return out
+
+
+def neighbour_matrix(coords: np.ndarray, sections, k: int) -> sp.csr_matrix:
+    """Row-stochastic (n x n) average over each cell's k nearest cells of its section (itself included)."""
+    C = np.asarray(coords, dtype=np.float64)
+    n = len(C)
+    check_memory(16 * n * k, f"the {k}-nearest-cell neighbourhoods of {n:,} cells", "Use smaller neighbourhoods.")
+    rows, cols, vals = [], [], []
+    for idx in _groups(sections):
+        kk = int(min(k, len(idx)))
+        _, nbr = cKDTree(C[idx]).query(C[idx], k=kk)
+        nbr = np.asarray(nbr).reshape(len(idx), kk)
+        rows.append(np.repeat(idx, kk))
+        cols.append(idx[nbr.ravel()])
+        vals.append(np.full(len(idx) * kk, 1.0 / kk))
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+
+
+def neighbourhood_features(E: np.ndarray, coords: np.ndarray, sections, neighbours) -> np.ndarray:
+    """The embedding averaged over each cell's k nearest cells (same section), for each k, side by side."""
+    E = np.asarray(E, dtype=np.float64)
+    return np.hstack([neighbour_matrix(coords, sections, int(k)) @ E for k in neighbours])
+
+
+def refine_labels(labels: np.ndarray, coords: np.ndarray, sections, k: int) -> np.ndarray:
+    """Each cell's label replaced by the one most of its k nearest cells (same section, itself
+    included) carry, when more than half of them agree.
+    """
+    lab = np.asarray(labels)
+    codes, uniques = pd.factorize(lab)
+    A = neighbour_matrix(coords, sections, int(k) + 1)
+    votes = A @ sp.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), codes)),
+                              shape=(len(codes), len(uniques)))
+    votes = votes.toarray()
+    best = votes.argmax(axis=1)
+    keep = votes.max(axis=1) <= 0.5
+    out = np.where(keep, codes, best)
+    return np.asarray(uniques)[out]
+
+
+def mixture_labels(E: np.ndarray, n: int, *, covariance_type: str = "tied", n_init: int = 5,
+                   random_state: int = 0) -> np.ndarray:
+    """Gaussian mixture labels (scikit-learn), the most likely of ``n_init`` starts."""
+    from sklearn.mixture import GaussianMixture
+
+    return GaussianMixture(int(n), covariance_type=covariance_type, n_init=n_init, random_state=random_state,
+                           reg_covar=1e-5).fit_predict(np.asarray(E, dtype=np.float64))
