@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1000, help="INSPIRE training steps")
     a = ap.parse_args(argv)
     if a.quick:  # the same code on tiny sizes (CI)
-        a.seeds, a.k, a.restarts, a.steps = 2, [4], [1, 2], 3
+        a.seeds, a.k, a.restarts, a.steps = 2, [4], [2], 3
     warnings.simplefilter("ignore")
     result = {"published": PUBLISHED, "settings": {k: str(v) for k, v in vars(a).items()}, "runs": []}
     for data in a.data:

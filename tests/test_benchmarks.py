@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-# which shared dataset folder (../shared/data/<folder>) a script needs, or None
+# which shared dataset folder(s) (../shared/data/<folder>) a script needs, or None
 NEEDS = {
     "cancel_latency.py": None,
     "integration_dlpfc.py": "dlpfc_visium_151673_151676",
     "integration_dlpfc_gmm.py": "dlpfc_visium_151673_151676",
-    "integration_domains.py": "baristaseq_visp_3slices",
+    "integration_domains.py": ("dlpfc_visium_151673_151676", "baristaseq_visp_3slices"),
+    "integration_panels.py": ("dlpfc_visium_151673_151676", "baristaseq_visp_3slices", "osmfish_sscortex"),
     "integration_scaling.py": "dlpfc_visium_151673_151676",
     "nnmf_osmfish.py": None,
     "nnmf_scaling.py": None,
@@ -35,10 +36,11 @@ def test_every_script_is_registered():
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_mode_runs(script, tmp_path, request):
-    folder = NEEDS.get(script)
-    if folder is not None:
+    folders = NEEDS.get(script)
+    if folders is not None:
         shared = request.getfixturevalue("shared_data")
-        assert (shared / folder).is_dir(), f"{script} needs {shared / folder}"
+        for folder in (folders,) if isinstance(folders, str) else folders:
+            assert (shared / folder).is_dir(), f"{script} needs {shared / folder}"
     out = tmp_path / "result.json"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick", "--out", str(out)],

@@ -306,3 +306,63 @@ def test_saving_a_gene_image_as_h5ad_reopens_it(make_napari_viewer, tmp_path):
     (data, kwargs, kind), = get_reader(written[0])(written[0])
     assert kind == "image" and kwargs["name"] == "Pdyn" and tuple(kwargs["scale"]) == (200.0, 200.0, 200.0)
     np.testing.assert_allclose(data, pdyn.data, equal_nan=True)
+
+
+# ------------------------------------------------------------------ issue 23 in the Integration dock
+
+def test_integration_dock_chooses_k_by_stability_with_a_live_curve_and_cancel_keeps_finished_k(
+        make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "stahl_4_sections")
+    w = _dock(viewer, "Integrate sections")
+    w.by_stability.value = True
+    assert w.k_max.native.isVisibleTo(w) and w.plot.isVisibleTo(w) and w.n_restarts.value >= 2
+    w.n_factors.value, w.k_max.value, w.n_restarts.value, w.n_steps.value, w.n_hvgs.value = 3, 6, 2, 20, 300
+    w.run()
+    qtbot.waitUntil(lambda: len(w.plot.rows) >= 1, timeout=300_000)  # the first K's point, live
+    w.runner.cancel()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+    kept = dict(w.plot.rows)
+    assert kept and "integrated factors (sections side by side)" not in viewer.layers
+    w.run()  # the same sweep again: the finished fits come from the dock's store
+    messages = []
+    w.runner.worker.yielded.connect(lambda p: messages.append(p.message))
+    _wait(qtbot, w.runner, timeout=600_000)
+    assert any(f"{2 * len(kept)} in the store" in m for m in messages), messages[:3]
+    assert sorted(w.plot.rows) == [3, 4, 5, 6], w.runner.status.text()
+    best = w.result.adata.uns["integration_stability"]["best_k"]
+    assert f"K = {best} chosen by stability" in w.runner.status.text()
+    assert len(w.result.adata.uns["integration"]["factor_names"]) == best
+    assert "Mixing of sections" in w.diagnostics.text()
+
+
+def test_integration_dock_union_of_panels_colours_by_an_imputed_gene_marked(make_napari_viewer, qtbot):
+    """Two osmFISH halves, one with 20 of the 33 genes: genes='union' imputes the other 13 in it,
+    and colouring by one of them rings exactly that half's cells."""
+    from napari_spatial_nmf import datasets
+    from napari_spatial_nmf._layers import cells_layer
+
+    cells = datasets.osmfish()
+    cells = cells[(cells.obs["region"] != "Excluded").to_numpy()]
+    x = cells.obsm["spatial"][:, 0]
+    left, right = cells[x < np.median(x)].copy(), cells[x >= np.median(x), :20].copy()
+    viewer = make_napari_viewer()
+    for a, name in ((left, "left"), (right, "right (20 genes)")):
+        data, kw, _ = cells_layer(a, name)
+        viewer.add_points(data, **kw)
+    w = _dock(viewer, "Integrate sections")
+    assert w.counts.value == "raw"
+    w.genes.value = "union"
+    w.n_factors.value, w.n_steps.value = 6, 50
+    w.run()
+    _wait(qtbot, w.runner, timeout=600_000)
+    res = w.result.adata
+    assert res.n_vars == 33 and "integration_imputed" in res.layers, w.runner.status.text()
+    gene = left.var_names[25]  # not in the right half's panel
+    w.gene.value = gene
+    layer = viewer.layers["integrated factors (sections side by side)"]
+    ringed = (np.asarray(layer.border_width) > 0) & (np.asarray(layer.border_color)[:, 3] > 0)
+    np.testing.assert_array_equal(ringed, (res.obs["section"] == "right (20 genes)").to_numpy())
+    assert "imputed in right (20 genes)" in w.legend.title
+    w.gene.value = left.var_names[0]  # measured in both: no rings
+    assert not (np.asarray(layer.border_color)[:, 3] > 0).any()

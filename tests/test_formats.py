@@ -78,5 +78,5 @@ def test_brainglobe_atlas_equals_the_allen_files(tmp_path, allen, monkeypatch):
 
 
 def test_missing_brainglobe_atlas_is_not_downloaded(tmp_path):
-    with pytest.raises(FileNotFoundError, match="brainglobe install"):
+    with pytest.raises(FileNotFoundError, match="napari-spatial-nmf fetch --brainglobe allen_mouse_25um"):
         io.read_brainglobe_atlas("allen_mouse_25um", brainglobe_dir=tmp_path)

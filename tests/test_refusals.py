@@ -241,7 +241,7 @@ def test_a_failed_run_leaves_nothing(tmp_path, monkeypatch, cells):
 def test_volumes_and_cells_together_are_refused(tmp_path, capsys):
     assert main(["run", "--volumes", str(PDYN), "--cells", str(DATA / "osmfish_sscortex_6471cells_33genes.h5ad"),
                  "-k", "2", "--out", str(tmp_path / "o")]) == 2
-    assert "not both" in capsys.readouterr().err
+    assert "one source of data, not --volumes and --cells" in capsys.readouterr().err
 
 
 def test_names_from_data_never_become_paths(tmp_path, voxels):

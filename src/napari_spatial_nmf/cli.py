@@ -357,7 +357,17 @@ def _integrate(args) -> int:
 
     if bool(args.sections) == bool(args.cells):
         raise ValueError("Give either --sections (one file per section) or --cells with --section-key.")
-    _check_out(args)
+    sweep = args.k_min is not None or args.k_max is not None
+    if sweep and (args.k_min is None or args.k_max is None):
+        raise ValueError("Give both --k-min and --k-max to choose K by stability.")
+    if sweep == (args.k is not None):
+        raise ValueError("Give either -k (the number of factors) or --k-min and --k-max (K chosen by stability).")
+    if sweep and args.k_max < args.k_min:
+        raise ValueError(f"--k-max {args.k_max} is below --k-min {args.k_min}.")
+    if not sweep and any(v is not None for v in (args.store, args.scheduler)):
+        raise ValueError("--store and --scheduler belong to a stability sweep (--k-min/--k-max).")
+    store = (args.store or args.out.with_name(args.out.name + ".store")) if sweep else None
+    _check_out(args, [(store, "keeps its fits in (the results store)")] if sweep else [])
     if args.sections:
         data = [io.read_cells(p) for p in args.sections]
         names = args.section_names or [Path(p).name.split(".")[0] for p in args.sections]
@@ -365,14 +375,28 @@ def _integrate(args) -> int:
         if not args.section_key:
             raise ValueError("--cells needs --section-key (the obs column naming each cell's section).")
         data, names = io.read_cells(args.cells), None
+    restarts = args.restarts if args.restarts is not None else (5 if sweep else 1)
+    bar = _progress(args)
+
+    def report(p):
+        bar(p)
+        if p.data and "instability" in p.data:
+            bar.close()
+            print(f"  K={p.data['k']}: instability {p.data['instability']:.4f} ± {p.data['sd']:.4f}, mixing "
+                  f"{p.data['mixing']:.2f}, {p.data['n_section_specific']} section-specific factor(s)", flush=True)
+
+    sweep_args = ({"k_range": range(args.k_min, args.k_max + 1), "store": store, "matching": args.matching,
+                   "backend": args.backend, "scheduler": args.scheduler} if sweep else {})
     _, summary = pipeline.run_integration(
-        data, args.k, args.out, method=args.method, section_key=args.section_key, section_names=names,
+        data, None if sweep else args.k, args.out, **sweep_args, method=args.method, section_key=args.section_key,
+        section_names=names,
         n_steps=args.steps, variant=args.variant, n_hvgs=None if args.n_hvgs == 0 else args.n_hvgs,
-        max_iter=args.max_iter, counts=args.counts, genes=args.genes, n_restarts=args.restarts,
+        max_iter=args.max_iter, counts=args.counts, genes=args.genes, n_restarts=restarts,
         domains={"neighbours": tuple(args.neighbours), "scale": args.scale, "refine": args.refine},
         random_state=args.random_state, label_key=args.label_key, n_domains=args.n_domains,
         reconstruct=args.reconstruct_3d, spacing=args.spacing if len(args.spacing) > 1 else args.spacing[0],
-        um_per_unit=args.um_per_unit, overwrite=args.overwrite, protect=_inputs_of(args), progress=_progress(args))
+        um_per_unit=args.um_per_unit, overwrite=args.overwrite, protect=_inputs_of(args), progress=report)
+    bar.close()
     _print_summary(summary)
     return 0
 
@@ -487,7 +511,17 @@ def parser() -> argparse.ArgumentParser:
     ig.add_argument("--section-names", nargs="+", metavar="NAME", help="names of the sections (default: file names)")
     ig.add_argument("--cells", metavar="FILE", help="one .h5ad holding all sections (with --section-key)")
     ig.add_argument("--section-key", help="obs column naming each cell's section")
-    _common(ig)
+    _common(ig, k=False)
+    ig.add_argument("-k", "--k", type=int, help="number of spatial factors K (or --k-min/--k-max: K by stability)")
+    ig.add_argument("--k-min", type=int, help="choose K by stability: smallest K of the sweep (with --k-max)")
+    ig.add_argument("--k-max", type=int, help="choose K by stability: largest K of the sweep")
+    ig.add_argument("--store", type=Path, help="with --k-min/--k-max: results folder that keeps every finished fit "
+                                               "(default OUT.store); re-running resumes")
+    ig.add_argument("--matching", choices=["hungarian", "amari"], default="hungarian",
+                    help="with --k-min/--k-max: how two restarts' programs are matched (default hungarian)")
+    ig.add_argument("--backend", choices=["local", "dask"], default="local",
+                    help="with --k-min/--k-max: where fits run (default local)")
+    ig.add_argument("--scheduler", help="dask scheduler address (default: a local cluster)")
     ig.add_argument("--method", choices=["joint_nnmf", "inspire"], default="joint_nnmf",
                     help="joint neighbourhood NMF with per-section gene scaling (CPU, no deep learning; default) or "
                          "INSPIRE (PyTorch, the integration extra)")
@@ -497,8 +531,9 @@ def parser() -> argparse.ArgumentParser:
     ig.add_argument("--genes", choices=["shared", "union"], default="shared",
                     help="fit the genes all sections share (default), or the union of the panels (joint NNMF; each "
                          "section's unmeasured genes are imputed)")
-    ig.add_argument("--restarts", type=int, default=1,
-                    help="fits from successive seeds, programs matched and averaged (a consensus; default 1)")
+    ig.add_argument("--restarts", type=int,
+                    help="fits from successive seeds, programs matched and averaged (a consensus; default 1, "
+                         "with --k-min/--k-max 5 per K)")
     ig.add_argument("--neighbours", type=int, nargs="*", default=[18, 54], metavar="K",
                     help="domains: nearest cells whose mean describes each cell, one range per value (default 18 54; "
                          "none: each cell by itself)")

@@ -382,9 +382,10 @@ def program_table(adata: ad.AnnData, key: str = "integration", n_top: int = 20) 
     return pd.DataFrame(rows, columns=["factor", "rank", "gene", "loading", "score"])
 
 
-def run_integration(sections, n_factors: int, out, *, label_key: str | None = None, n_domains: int | None = None,
-                    domains: dict | None = None, reconstruct: bool = False, spacing=10.0,
-                    um_per_unit: float | None = None,
+def run_integration(sections, n_factors: int | None, out, *, label_key: str | None = None,
+                    n_domains: int | None = None, domains: dict | None = None, reconstruct: bool = False,
+                    spacing=10.0, um_per_unit: float | None = None, k_range=None, store=None,
+                    matching: str = "hungarian", backend: str = "local", scheduler=None,
                     overwrite: bool = False, protect=(), progress: ProgressCallback = None,
                     **kwargs) -> tuple[ad.AnnData, dict]:
     """Integrate sections (:func:`napari_spatial_nmf.tl.integrate`) and write the results.
@@ -400,6 +401,11 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
     section-specific factors, mixing, shared domains) and their warnings, each section's
     neighbourhood graph, and with ``reconstruct`` each registration's quality.
 
+    With ``k_range`` instead of ``n_factors``, K is chosen by stability
+    (:func:`napari_spatial_nmf.tl.iter_integrate_stability`: ``n_restarts`` fits per K, at least
+    2; ``store``, ``matching``, ``backend``, ``scheduler`` as there), and ``stability.csv`` and
+    ``instability.png`` are written too.
+
     Every option is checked before training starts: the label column in every section,
     ``n_domains``, and with ``reconstruct`` the coordinates' unit and the spacing.
 
@@ -412,6 +418,10 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
     from .tl._integrate import section_inputs
     from .tl._reconstruct import check_stacking
 
+    if (n_factors is None) == (k_range is None):
+        raise ValueError("Give either n_factors (K) or k_range (K chosen by stability), not both.")
+    if store is not None:
+        protect = [*protect, (store, "keeps its fits in (the results store)")]
     folder = OutputFolder(out, overwrite=overwrite, protect=protect)
     adatas, names = section_inputs(sections, kwargs.get("section_key"), kwargs.get("section_names"))
     if label_key is not None:
@@ -425,16 +435,31 @@ def run_integration(sections, n_factors: int, out, *, label_key: str | None = No
         key = kwargs.get("spatial_key", "spatial")
         C = adatas[0].obsm[key] if key in adatas[0].obsm else np.zeros((0, 2))
         check_stacking(len(adatas), np.shape(C)[1], adatas[0].uns.get("spatial_unit"), spacing, um_per_unit)
-    gen = tl.iter_integrate(sections, n_factors, **kwargs)
+    if k_range is None:
+        gen = tl.iter_integrate(sections, n_factors, **kwargs)
+    else:
+        kwargs.setdefault("n_restarts", 5)
+        gen = tl.iter_integrate_stability(sections, k_range, kwargs.pop("n_restarts"), store=store,
+                                          matching=matching, backend=backend, scheduler=scheduler, **kwargs)
     with folder:
         res = drain(gen, progress)
         rec = res.uns["integration"]
+        n_factors = int(rec["params"]["n_factors"])
         summary = {"method": rec["method"], "n_cells": res.n_obs, "n_genes": res.n_vars,
                    "n_shared_genes": rec["qc"]["n_shared_genes"], "sections": list(rec["sections"]),
                    "n_factors": n_factors, "qc": rec["qc"], "random_state": rec["params"]["random_state"],
                    "graph": rec["graph"].round(4).to_dict(orient="records")}
         if "restarts" in rec:
             summary["restarts"] = {"n": rec["restarts"]["n"], "instability": round(rec["restarts"]["instability"], 4)}
+        if "integration_stability" in res.uns:
+            sweep = res.uns["integration_stability"]
+            sweep["table"].to_csv(folder.path("stability.csv"), index=False)
+            pl.instability(sweep["table"], save=folder.path("instability.png"),
+                           title=f"{rec['method']}: instability of {sweep['n_restarts']} restarts per K "
+                                 f"({sweep['matching']})")
+            summary["stability"] = {"best_k": int(sweep["best_k"]), "note": sweep["note"],
+                                    "store": None if store is None else str(store),
+                                    "table": sweep["table"].round(4).to_dict(orient="records")}
         basis = "latent" if "X_integration_latent" in res.obsm else "factors"
         if label_key is not None or n_domains is not None:
             n = n_domains or res.obs[label_key].nunique()

@@ -356,7 +356,9 @@ def instability(table: pd.DataFrame, *, ax=None, title: str | None = None, show:
     Parameters
     ----------
     table : pandas.DataFrame
-        ``k, instability, sd`` (``uns["stability"]["table"]``).
+        ``k, instability, sd`` (``uns["stability"]["table"]``); with a ``chosen`` column that K
+        is marked instead of the lowest, and K with ``n_section_specific`` > 0 are crossed
+        (``uns["integration_stability"]["table"]``).
     ax : matplotlib.axes.Axes, optional
         Draw here.
     title : str, optional
@@ -372,9 +374,18 @@ def instability(table: pd.DataFrame, *, ax=None, title: str | None = None, show:
     ax = ax if ax is not None else fig.add_subplot(111)
     ks = table["k"].to_numpy()
     ax.errorbar(ks, table["instability"], yerr=table["sd"], marker="o", ms=4, capsize=2, lw=1)
-    best = int(table.loc[table["instability"].idxmin(), "k"])
-    ax.axvline(best, color="tab:red", ls=":", lw=1, label=f"lowest: K = {best}")
-    ax.set_xlabel("K (number of principal patterns)")
+    if "n_section_specific" in table and (table["n_section_specific"] > 0).any():
+        bad = table[table["n_section_specific"] > 0]
+        ax.plot(bad["k"], bad["instability"], "x", color="0.35", ms=8, mew=1.5,
+                label="has section-specific factors")
+    if "chosen" in table and table["chosen"].any():
+        best = int(table.loc[table["chosen"].astype(bool), "k"].iloc[0])
+        ax.axvline(best, color="tab:red", ls=":", lw=1, label=f"chosen: K = {best}")
+    else:
+        best = int(table.loc[table["instability"].idxmin(), "k"])
+        ax.axvline(best, color="tab:red", ls=":", lw=1, label=f"lowest: K = {best}")
+    what = "spatial factors" if "n_section_specific" in table else "principal patterns"
+    ax.set_xlabel(f"K (number of {what})")
     ax.set_ylabel("instability")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize=8)

@@ -42,6 +42,7 @@ class JobRunner(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.worker = None
+        self._job = None
         self._pbar = None
         self._latest: Progress | None = None
         self._pending = False
@@ -75,6 +76,7 @@ class JobRunner(QWidget):
             return (yield from job)
 
         worker = create_worker(run)
+        self._job = job
         self.progress.setRange(0, 0)  # busy until the first Progress gives the total
         self.status.setText(f"{description or 'job'}: starting…")
         self._latest, self._pending, self._applying = None, False, False
@@ -153,6 +155,12 @@ class JobRunner(QWidget):
     def _finished(self) -> None:
         self.worker = None
         self._latest = None
+        job, self._job = getattr(self, "_job", None), None
+        if job is not None:  # a cancelled job ends now, not when it is collected: its stores unlock, files close
+            try:
+                job.close()
+            except Exception as exc:  # noqa: BLE001 - its clean-up failed; the user should know, napari must live
+                show_warning(f"Cleaning up after the job failed: {exc}")
         if self._pbar is not None:
             self._pbar.close()
             self._pbar = None

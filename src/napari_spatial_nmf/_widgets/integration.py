@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Select, SpinBox
-from qtpy.QtWidgets import QPushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Select, SpinBox
+from qtpy.QtWidgets import QLabel, QPushButton
 
 from .. import tl
 from .._canvas import install
@@ -17,13 +17,17 @@ from ._base import Dock, Legend, is_deleted
 from ._runner import JobRunner
 from ._tables import DataFrameTable
 from .nnmf import points_layer_choices, slice_key_choices
+from .stability import InstabilityPlot
 
 if TYPE_CHECKING:
     import napari
 
 HEADER = ("Integrate sections (serial sections, replicates, other platforms) into K spatial factors with gene "
-          "programs shared by all sections: INSPIRE (PyTorch) or joint neighbourhood NMF (CPU). Sections are shown "
-          "side by side, one colour per factor; Reconstruct 3D stacks serial sections.")
+          "programs shared by all sections: joint neighbourhood NMF (CPU) or INSPIRE (PyTorch). K can be chosen by "
+          "stability. Sections are shown side by side, one colour per factor; Reconstruct 3D stacks serial sections.")
+COUNTS_CHOICES = [("counts", "raw"), ("normalised: recover counts", "recover"), ("normalised: pseudo-counts", "pseudo")]
+GENES_CHOICES = [("shared by all sections", "shared"), ("union of the panels (imputed)", "union")]
+WARN_STYLE = "color: #e0a040;"
 # the gene right after its factor; numbers shown to 3 significant digits so the gene column has room
 PROGRAM_COLUMNS = [("factor", "factor"), ("gene", "gene"), ("rank", "rank"), ("loading", "loading"),
                    ("score", "score")]
@@ -48,18 +52,32 @@ class IntegrationWidget(Dock):
         # joint NNMF first: seconds on a laptop, no PyTorch; INSPIRE trains for minutes on a CPU
         self.method = ComboBox(label="method", choices=[("joint NNMF (CPU, seconds)", "joint_nnmf"),
                                                         ("INSPIRE (PyTorch, minutes)", "inspire")])
-        self.n_factors = SpinBox(label="K (factors)", min=2, max=200, value=10)
-        self.n_steps = SpinBox(label="iterations", min=10, max=100_000, value=1000, step=100)
+        self.counts = ComboBox(label="values", choices=COUNTS_CHOICES)
+        self.genes = ComboBox(label="genes", choices=GENES_CHOICES)
+        self.n_factors = SpinBox(label="K (factors)", min=2, max=200, value=12)
+        self.by_stability = CheckBox(label="choose K by stability", value=False)
+        self.k_max = SpinBox(label="K to", min=2, max=200, value=16, visible=False)
+        self.n_restarts = SpinBox(label="restarts", min=1, max=1000, value=1)
+        self.by_stability.changed.connect(self._on_stability)
+        self.n_steps = SpinBox(label="iterations", min=10, max=100_000, value=300, step=100)
         self.method.changed.connect(self._on_method)
         self.n_hvgs = SpinBox(label="HVGs per section", min=0, max=50_000, value=3000, step=500)
-        self.seed = SpinBox(label="random state", min=0, max=2**31 - 1, value=1234)
-        self.form = Container(widgets=[self.sections, self.section_key, self.method, self.n_factors, self.n_steps,
+        self.seed = SpinBox(label="random state", min=0, max=2**31 - 1, value=0)
+        self.form = Container(widgets=[self.sections, self.section_key, self.method, self.counts, self.genes,
+                                       self.n_factors, self.by_stability, self.k_max, self.n_restarts, self.n_steps,
                                        self.n_hvgs, self.seed])
         self.sections.changed.connect(self._on_sections)
         self.runner = JobRunner("Integrate")
         self.runner.run_button.clicked.connect(self.run)
+        self.plot = InstabilityPlot("K (number of spatial factors)")
+        self.plot.setVisible(False)
+        self.diagnostics = QLabel("")
+        self.diagnostics.setWordWrap(True)
+        self.diagnostics.setStyleSheet(WARN_STYLE)
         self.color_by = ComboBox(label="colour cells by", choices=[])
         self.color_by.changed.connect(self._recolor)
+        self.gene = ComboBox(label="or by gene", choices=[], nullable=True)
+        self.gene.changed.connect(self._color_by_gene)
         self.legend = Legend(columns=4)
         self.table = DataFrameTable(PROGRAM_COLUMNS, stretch="gene", min_height=200)
         self.spacing = FloatSpinBox(label="section spacing (µm)", min=0.0, max=1e6, value=10.0)
@@ -67,8 +85,9 @@ class IntegrationWidget(Dock):
         self.reconstruct_button = QPushButton("Reconstruct 3D")
         self.reconstruct_button.setEnabled(False)
         self.reconstruct_button.clicked.connect(self.reconstruct)
-        for w in (self.form, self.runner, self.color_by, self.legend, self.table, self.spacing, self.um_per_unit,
-                  self.reconstruct_button):
+        self._stores = None  # the dock's results stores: a cancelled sweep resumes from its finished fits
+        for w in (self.form, self.runner, self.plot, self.diagnostics, self.color_by, self.gene, self.legend,
+                  self.table, self.spacing, self.um_per_unit, self.reconstruct_button):
             self.add(w)
         self.reset_choices()
         self._preselect()
@@ -96,7 +115,24 @@ class IntegrationWidget(Dock):
         """
         inspire = self.method.value == "inspire"
         self.n_steps.label = "training steps" if inspire else "iterations (at most)"
-        self.n_steps.value = 2000 if inspire else 1000
+        self.n_steps.value = 2000 if inspire else 300
+        if inspire:  # INSPIRE's decoder fits the shared genes only
+            self.genes.value = "shared"
+        self.genes.enabled = not inspire
+
+    def _on_stability(self, on=None) -> None:
+        """K by stability: a range of K and at least 2 restarts per K (5 is typical)."""
+        on = bool(self.by_stability.value)
+        self.k_max.visible = on
+        self.plot.setVisible(on)
+        self.n_factors.label = "K from" if on else "K (factors)"
+        self.n_restarts.min = 2 if on else 1
+        if on:
+            self.n_factors.value = min(self.n_factors.value, 8)
+            self.k_max.value = max(self.k_max.value, self.n_factors.value)
+            self.n_restarts.value = max(self.n_restarts.value, 5)
+        else:
+            self.n_restarts.value = 1
 
     def _key_choices(self, _w=None):
         layers = list(self.sections.value) if hasattr(self, "sections") else []
@@ -106,6 +142,10 @@ class IntegrationWidget(Dock):
         self.section_key.reset_choices()
         layers = list(self.sections.value)
         if layers:
+            from ..core.sections import suggest_counts
+
+            guesses = {suggest_counts(lyr.metadata["adata"]) for lyr in layers}
+            self.counts.value = "raw" if guesses == {"raw"} else ("pseudo" if "pseudo" in guesses else "recover")
             unit = tl.spatial_unit(layers[0].metadata["adata"])
             self.um_per_unit.value = 1.0 if unit in ("µm", "um") else self.um_per_unit.value
             self.um_per_unit.label = f"µm per coordinate unit ({unit})"
@@ -115,7 +155,7 @@ class IntegrationWidget(Dock):
         if not layers:
             raise ValueError("Choose the sections: two or more points layers of cells, or one with a section key.")
         kw = {"method": self.method.value, "n_hvgs": int(self.n_hvgs.value) or None,
-              "random_state": int(self.seed.value)}
+              "random_state": int(self.seed.value), "counts": self.counts.value, "genes": self.genes.value}
         kw["n_steps" if self.method.value == "inspire" else "max_iter"] = int(self.n_steps.value)
         if len(layers) == 1:
             if self.section_key.value is None:
@@ -125,7 +165,26 @@ class IntegrationWidget(Dock):
         else:
             data = [lyr.metadata["adata"] for lyr in layers]
             kw["section_names"] = [lyr.name for lyr in layers]
-        return tl.iter_integrate(data, int(self.n_factors.value), **kw), layers
+        if self.by_stability.value:
+            ks = range(int(self.n_factors.value), int(self.k_max.value) + 1)
+            if not len(ks):
+                raise ValueError(f"'K to' ({self.k_max.value}) is below 'K from' ({self.n_factors.value}).")
+            store = self._store(layers, kw)
+            return tl.iter_integrate_stability(data, ks, int(self.n_restarts.value), store=store, **kw), layers
+        return tl.iter_integrate(data, int(self.n_factors.value), n_restarts=int(self.n_restarts.value),
+                                 **kw), layers
+
+    def _store(self, layers, kw) -> str:
+        """A results store for these inputs and settings, kept while the dock lives: running the
+        same sweep again (after Cancel, or with a wider K range) reuses every finished fit.
+        """
+        import hashlib
+        import tempfile
+
+        if self._stores is None:
+            self._stores = tempfile.TemporaryDirectory(prefix="napari-spatial-nmf-integration-")
+        key = repr(([id(lyr.metadata["adata"]) for lyr in layers], sorted(kw.items()), int(self.n_restarts.value)))
+        return f"{self._stores.name}/{hashlib.sha1(key.encode()).hexdigest()[:16]}"
 
     def run(self) -> None:
         """Start the integration in a worker thread; bad input is refused at once."""
@@ -136,7 +195,18 @@ class IntegrationWidget(Dock):
         except (ValueError, TypeError, KeyError, ImportError) as exc:
             self.runner.fail(exc)
             return
-        self.runner.start(job, lambda res: self._show(res, layers), description="integration")
+        if self.by_stability.value:
+            self.plot.set_points({})
+            self.runner.start(job, lambda res: self._show(res, layers), description="integration, K by stability",
+                              on_data=self._on_k)
+        else:
+            self.runner.start(job, lambda res: self._show(res, layers), description="integration")
+
+    def _on_k(self, row: dict) -> None:
+        """A K finished: its point on the curve (a cancelled sweep keeps them)."""
+        if "instability" in row:
+            self.plot.add(row["k"], row["instability"], row["sd"], mixing=row["mixing"],
+                          n_section_specific=row["n_section_specific"])
 
     def _show(self, adata, layers) -> None:
         self.result = REGISTRY.add(adata, "integration", "integration", " + ".join(lyr.name for lyr in layers))
@@ -157,17 +227,64 @@ class IntegrationWidget(Dock):
             lyr.visible = False
         self.color_by.choices = ["factor", *names, "section"]
         self.color_by.value = "factor"
+        self.gene.choices = list(adata.var_names)
+        self.gene.value = None
         self.table.set_frame(_programs(adata))
         self.reconstruct_button.setEnabled(True)
         qc = rec["qc"]
-        self.runner.status.setText(f"{len(rec['sections'])} sections, {adata.n_obs:,} cells, {qc['n_shared_genes']:,} "
-                                   f"shared genes; {len(names)} factors ({rec['method']}).")
+        text = (f"{len(rec['sections'])} sections, {adata.n_obs:,} cells, {qc['n_shared_genes']:,} shared genes"
+                + (f" of {qc['n_genes']:,}" if qc["n_genes"] != qc["n_shared_genes"] else "")
+                + f"; {len(names)} factors ({rec['method']}).")
+        sweep = adata.uns.get("integration_stability")
+        if sweep is not None:
+            table = sweep["table"]
+            self.plot.set_points({int(r["k"]): {c: r[c] for c in table.columns if c != "k"}
+                                  for r in table.to_dict(orient="records")})
+            text += f" K = {sweep['best_k']} chosen by stability."
+        self.runner.status.setText(text)
+        self.diagnostics.setText(_diagnostics_text(rec, sweep))
+
+    def _color_by_gene(self, gene) -> None:
+        """Colour cells by a gene's expression: the model's (imputed where the section did not
+        measure the gene, those cells ringed in white) with panels that differ, else log1p of
+        the normalised counts.
+        """
+        if gene is None or self.layer is None or self.result is None or self.layer not in self.viewer.layers:
+            return
+        adata = self.result.adata
+        j = adata.var_names.get_loc(gene)
+        imputed = np.zeros(adata.n_obs, dtype=bool)
+        if "integration_imputed" in adata.layers:
+            values = np.log1p(np.asarray(adata.layers["integration_imputed"][:, j], dtype=np.float64) * 1e4)
+            panels = adata.uns["integration"]["panels"]
+            missing = [s for s in panels.columns if not bool(panels.loc[gene, s])]
+            imputed = adata.obs["section"].isin(missing).to_numpy()
+            title = f"{gene} (model)" + (f"; imputed in {', '.join(missing)} (white rings)" if missing else "")
+        else:
+            x = adata.X[:, j]
+            x = np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64).ravel()
+            values = np.log1p(x / np.maximum(adata.obs["library_size"].to_numpy(), 1e-12) * 1e4)
+            title = f"{gene}: log1p(normalised counts)"
+        column = f"{gene} ({'imputed/model' if imputed.any() else 'expression'})"
+        feats = self.layer.features.copy()
+        feats[column], feats["imputed"] = values, imputed
+        self.layer.features = feats
+        kw = color_kwargs(None, pd.Series(values), column)
+        self.layer.face_color = column
+        self.layer.face_colormap = kw["face_colormap"]
+        self.layer.face_contrast_limits = kw["face_contrast_limits"]
+        self.layer.border_color = np.where(imputed[:, None], [[1.0, 1.0, 1.0, 1.0]], [[0.0, 0.0, 0.0, 0.0]])
+        self.layer.border_width = 0.25 if imputed.any() else 0
+        self.layer.metadata.pop("legend", None)
+        self.legend.set_colors({}, title)
+        install(self.viewer).refresh()
 
     def _recolor(self, value) -> None:
         if self.layer is None or value is None or self.layer not in self.viewer.layers:
             return
         kw = color_kwargs(None, self.layer.features[value], value)
         legend = kw.pop("_categories", None)
+        self.layer.border_width = 0  # the imputation rings belong to a gene's colours
         if value == "factor":
             self.layer.face_color = [self.factor_colors.get(str(f), "#404040") for f in self.layer.features["factor"]]
             self.layer.metadata["legend"] = {"title": "factor (largest share)", "colors": dict(self.factor_colors)}
@@ -219,3 +336,13 @@ def _programs(adata) -> pd.DataFrame:
     for col in ("loading", "score"):
         table[col] = table[col].map(lambda v: float(f"{v:.3g}"))
     return table
+
+
+def _diagnostics_text(rec: dict, sweep: dict | None) -> str:
+    """The integration's warnings (section-specific factors, poor mixing, weak fits) in words."""
+    diag = rec.get("diagnostics", {})
+    lines = [f"Mixing of sections: {float(diag.get('mixing', np.nan)):.2f} (0 apart, 1 mixed)."]
+    lines += [str(w) for w in diag.get("warnings", [])]
+    if sweep is not None and sweep.get("note"):
+        lines.append(str(sweep["note"]))
+    return "\n".join(lines)

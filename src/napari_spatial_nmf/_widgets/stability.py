@@ -36,28 +36,40 @@ PASSES = 150
 
 
 class InstabilityPlot(QWidget):
-    """Instability vs K with error bars (matplotlib in the dock), redrawn as K finish."""
+    """Instability vs K with error bars (matplotlib in the dock), redrawn as K finish.
 
-    def __init__(self):
+    Rows may carry more columns of the sweep's table (an integration's ``chosen`` and
+    ``n_section_specific``: :func:`napari_spatial_nmf.pl.instability` marks them).
+    """
+
+    def __init__(self, xlabel: str = "K (number of principal patterns)"):
         super().__init__()
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
+        self.xlabel = xlabel
         self.figure = Figure(figsize=(4, 2.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.points: dict[int, tuple[float, float]] = {}
+        self.rows: dict[int, dict] = {}
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         self.setMinimumHeight(200)
         self.draw()
 
+    @property
+    def points(self) -> dict[int, tuple[float, float]]:
+        """``{K: (instability, sd)}`` of the finished K."""
+        return {k: (r["instability"], r["sd"]) for k, r in self.rows.items()}
+
     def set_points(self, points: dict) -> None:
-        self.points = dict(points)
+        """Show these K: ``{K: (instability, sd)}`` or ``{K: row dict}``."""
+        self.rows = {int(k): (dict(v) if isinstance(v, dict) else {"instability": float(v[0]), "sd": float(v[1])})
+                     for k, v in points.items()}
         self.draw()
 
-    def add(self, k: int, value: float, sd: float) -> None:
-        self.points[int(k)] = (float(value), float(sd))
+    def add(self, k: int, value: float, sd: float, **extra) -> None:
+        self.rows[int(k)] = {"instability": float(value), "sd": float(sd), **extra}
         self.draw()
 
     def draw(self) -> None:
@@ -65,13 +77,13 @@ class InstabilityPlot(QWidget):
 
         self.figure.clear()
         ax = self.figure.add_subplot(111)
-        if self.points:
-            ks = sorted(self.points)
-            table = pd.DataFrame({"k": ks, "instability": [self.points[k][0] for k in ks],
-                                  "sd": [self.points[k][1] for k in ks]})
+        if self.rows:
+            ks = sorted(self.rows)
+            table = pd.DataFrame([{"k": k, **self.rows[k]} for k in ks])
             pl.instability(table, ax=ax)
+            ax.set_xlabel(self.xlabel)
         else:
-            ax.set_xlabel("K (number of principal patterns)")
+            ax.set_xlabel(self.xlabel)
             ax.set_ylabel("instability")
         self.canvas.draw_idle()
 

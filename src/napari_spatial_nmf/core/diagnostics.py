@@ -24,7 +24,7 @@ from sklearn.neighbors import NearestNeighbors
 MIN_USAGE = 0.02
 DOMINANCE = 0.9
 MIN_DOMAIN_SHARE = 0.05
-POOR_MIXING = 0.2  # below this the sections barely meet in the integrated space
+POOR_MIXING = 0.1  # below this the sections barely meet (0.20 on the well-integrated BARISTAseq slices)
 
 
 def factor_usage(proportions: np.ndarray, sections) -> pd.DataFrame:

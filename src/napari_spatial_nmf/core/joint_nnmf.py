@@ -91,6 +91,46 @@ def _h_update(Xs, Ws, Ht, c):
     return _nn._clamp(Ht * num / np.maximum(den, _nn.CLAMP))
 
 
+def cell_weights(X: sp.csr_matrix, bounds, Ht: np.ndarray, c: np.ndarray, W0: np.ndarray,
+                 n_iter: int = 100) -> np.ndarray:
+    """Each cell's own weights on fixed programs: KL W steps without the spatial smoothing,
+    each section over the genes it measured (its scaling ``c`` is 0 on the others).
+
+    The fitted weights are smoothed over each cell's neighbours (the model's spatial prior);
+    imputing a gene a section did not measure from them gives the neighbourhood's expression.
+    These weights describe the cell itself, from its own measured genes, as NMF-based
+    integrations project a query onto shared factors (LIGER/UINMF; Welch et al. 2019,
+    Kriebel & Welch 2022).
+
+    Parameters
+    ----------
+    X : scipy.sparse.csr_matrix, (n_cells, G) float64
+        The normalised counts the model was fitted to, rows grouped by section.
+    bounds : list of (start, stop)
+        Each section's rows.
+    Ht : numpy.ndarray, (G, K) float64
+        The programs (columns sum to 1).
+    c : numpy.ndarray, (n_sections, G) float64
+        Each section's gene scaling, 0 where it did not measure the gene.
+    W0 : numpy.ndarray, (n_cells, K)
+        The start (the fitted, smoothed weights).
+    n_iter : int
+        W steps.
+
+    Returns
+    -------
+    numpy.ndarray, (n_cells, K) float64
+    """
+    W = np.array(W0, dtype=np.float64, copy=True)
+    _nn._clamp(W)
+    Xs = [X[a:b] for a, b in bounds]
+    Ws = [W[a:b] for a, b in bounds]
+    Ht = np.ascontiguousarray(Ht, dtype=np.float64)
+    for _ in range(n_iter):
+        _w_update(Xs, Ws, Ht, c)
+    return W
+
+
 def _gkl(Xs, Ws, Ht, c) -> float:
     return sum(_nn.gkl(X, W, np.ascontiguousarray(Ht * cs[:, None])) for X, W, cs in zip(Xs, Ws, c))
 
@@ -98,7 +138,7 @@ def _gkl(Xs, Ws, Ht, c) -> float:
 def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components: int, S: sp.csr_matrix | None = None,
                    *, max_iter: int = 1000, tol: float = 1e-7, initial: int = 3, small_iter: int = 50,
                    error_freq: int = 10, fit_gamma: bool = True, random_state: int | None = 0,
-                   measured: np.ndarray | None = None) -> Generator[Progress, None, JointResult]:
+                   measured: np.ndarray | None = None, warn: bool = True) -> Generator[Progress, None, JointResult]:
     """Fit joint NNMF; one :class:`Progress` per iteration.
 
     Parameters
@@ -124,6 +164,9 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
         over its own genes only (its scaling c is 0 on the others), every program has a weight
         for every gene, and each gene's scaling is fixed at 1 in the first section that
         measured it. None: every section measured every gene.
+    warn : bool
+        Warn (``ConvergenceWarning``) when ``max_iter`` ends the fit before ``tol``; callers
+        that fit many times warn once for all of them instead.
 
     Returns
     -------
@@ -186,7 +229,7 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
             old = new
         yield Progress(step, total, msg)
     H = Ht.T.copy()
-    if stop_reason == "max_iter" and max_iter > error_freq:
+    if warn and stop_reason == "max_iter" and max_iter > error_freq:
         from sklearn.exceptions import ConvergenceWarning
 
         warnings.warn(f"Joint NNMF stopped at max_iter={max_iter} before the tolerance {tol:g} was met; raise "

@@ -60,6 +60,9 @@ def mnn_pairs(A: np.ndarray, B: np.ndarray, k: int = 30) -> tuple[np.ndarray, np
     return ia[mutual], ib[mutual]
 
 
+RANSAC_PAIRS = 5000
+
+
 def rigid_fit(moving: np.ndarray, fixed: np.ndarray, *, residual_threshold: float, random_state: int = 0,
               max_trials: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Robust rigid transform taking ``moving`` points onto their ``fixed`` partners.
@@ -73,7 +76,9 @@ def rigid_fit(moving: np.ndarray, fixed: np.ndarray, *, residual_threshold: floa
     random_state : int
         RANSAC's seed.
     max_trials : int
-        RANSAC's trials.
+        RANSAC's most trials; it stops earlier once a sample free of outliers has been drawn
+        with probability 0.999 given the inlier fraction found so far (Fischler & Bolles'
+        trial count, scikit-image's ``stop_probability``).
 
     Returns
     -------
@@ -93,10 +98,20 @@ def rigid_fit(moving: np.ndarray, fixed: np.ndarray, *, residual_threshold: floa
     if len(moving) < d + 1:
         raise ValueError(f"Only {len(moving)} matched cell pairs: too few to fit a rigid transform. The sections may "
                          "share too little tissue, or the integration did not align them (train longer).")
-    model, inliers = ransac((moving, fixed), EuclideanTransform, min_samples=d + 1,
-                            residual_threshold=residual_threshold, max_trials=max_trials, rng=random_state)
+    # hypotheses are scored on at most RANSAC_PAIRS pairs (tens of thousands of MNN pairs make every
+    # trial's residuals the cost), then the winner's inliers among all pairs are refitted
+    rng = np.random.default_rng(random_state)
+    sub = np.sort(rng.choice(len(moving), RANSAC_PAIRS, replace=False)) if len(moving) > RANSAC_PAIRS else None
+    pts = (moving, fixed) if sub is None else (moving[sub], fixed[sub])
+    model, inliers = ransac(pts, EuclideanTransform, min_samples=d + 1, residual_threshold=residual_threshold,
+                            max_trials=max_trials, stop_probability=0.999, rng=random_state)
     if model is None or inliers is None or inliers.sum() < d + 1:
         raise ValueError("No rigid transform is consistent with the matched cells (RANSAC found no inliers).")
+    if sub is not None:
+        inliers = model.residuals(moving, fixed) < residual_threshold
+        model = EuclideanTransform.from_estimate(moving[inliers], fixed[inliers])
+        if not model:
+            raise ValueError("No rigid transform is consistent with the matched cells (the refit failed).")
     M = model.params
     return M[:d, :d], M[:d, d], inliers
 

@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 MIN_SECTION_CELLS = 15  # a neighbourhood (NNMF's default lengthscale is the distance to the 14th neighbour)
+PANEL_LOSS = 0.25  # genes="shared" warns when a section loses more than this share of its panel
 
 
 @dataclass
@@ -256,10 +257,33 @@ def to_counts(X, mode: str, logged: bool | None = None) -> tuple[sp.csr_matrix, 
     return V.astype(np.float32), report
 
 
+def is_counts(X) -> bool:
+    """True when (at most 1 % of a sample of) the non-zero values are not integers."""
+    data = (X.data if sp.issparse(X) else np.asarray(X).ravel())[:200_000]
+    return not data.size or bool(np.mean(data != np.round(data)) <= 0.01)
+
+
+def suggest_counts(adata: ad.AnnData, layer: str | None = None, n_cells: int = 2000) -> str:
+    """Which ``counts`` option suits these values: ``"raw"`` for counts, ``"recover"`` for
+    normalised counts (``log1p(normalize_total)`` or ``normalize_total``), else ``"pseudo"``.
+    Judged on the first ``n_cells`` cells (the docks' default choice; the fit checks again).
+    """
+    X = sp.csr_matrix(_matrix(adata[: min(n_cells, adata.n_obs)], layer), dtype=np.float64)
+    if not X.data.size or np.mean(X.data != np.round(X.data)) <= 0.01:
+        return "raw"
+    if (X.data < 0).any():
+        return "raw"  # scaled data: the fit refuses it with the reason
+    try:
+        to_counts(X, "recover", logged=True if "log1p" in adata.uns else None)
+    except ValueError:
+        return "pseudo"
+    return "recover"
+
+
 def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: str = "spatial",
                      n_hvgs: int | None = 3000, min_genes: int = 1, min_cells: int = 1,
                      target_sum: float = 1e4, counts: str = "raw", genes: str = "shared",
-                     features: bool = True) -> Sections:
+                     features: bool = True, hvg: str = "section") -> Sections:
     """QC, HVGs, the model's genes, counts, library sizes and log-normalised features of each section.
 
     Parameters
@@ -287,6 +311,11 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
         gene some section selected (a panel's missing genes are then masked per section).
     features : bool
         Compute the log-normalised features of the shared genes (INSPIRE's encoder input).
+    hvg : {"section", "pooled"}
+        With ``genes="shared"``: ``n_hvgs`` per section, intersected (INSPIRE's rule; the
+        intersection shrinks with every section: 536 of 3,000 on the four DLPFC sections), or
+        ``n_hvgs`` of the genes all sections share, ranked over the sections together (scanpy's
+        seurat_v3 with the sections as batches: genes variable in most sections first).
 
     Returns
     -------
@@ -305,12 +334,17 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
                          f"{n_hvgs!r}.")
     if genes not in ("shared", "union"):
         raise ValueError(f"genes must be 'shared' or 'union'; got {genes!r}.")
+    if hvg not in ("section", "pooled"):
+        raise ValueError(f"hvg must be 'section' or 'pooled'; got {hvg!r}.")
+    pooled = hvg == "pooled" and genes == "shared"
     check_sections(adatas, names, layer=layer, spatial_key=spatial_key, counts=counts)
     kept, hvgs = [], []
     report = {"cells_dropped": {}, "genes_dropped": {}, "hvgs": {}, "counts": {}, "genes": genes}
     for a, n in zip(adatas, names):
         X = _matrix(a, layer)
-        if counts != "raw":
+        if counts != "raw" and is_counts(X):  # a section that holds counts keeps them (inputs may mix)
+            report["counts"][n] = {"mode": "raw", "note": "already counts"}
+        elif counts != "raw":
             X, report["counts"][n] = to_counts(X, counts, logged=True if "log1p" in a.uns else None)
         b = ad.AnnData(X.astype(np.float32), obs=a.obs.copy(), var=pd.DataFrame(index=a.var_names))
         b.obsm["spatial"] = np.asarray(a.obsm[spatial_key], dtype=np.float64)
@@ -326,7 +360,7 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
             raise ValueError(f"Section {n!r} keeps {b.n_obs} cells after QC (min_genes={min_genes}); a section "
                              f"needs at least {MIN_SECTION_CELLS} cells to have neighbourhoods. Lower the threshold, "
                              "merge it with its neighbour or drop it.")
-        if n_hvgs is None or n_hvgs >= b.n_vars:
+        if pooled or n_hvgs is None or n_hvgs >= b.n_vars:
             h = list(b.var_names)
         else:
             with warnings.catch_warnings():
@@ -337,11 +371,30 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
         kept.append(b)
         hvgs.append(set(h))
     shared = sorted(set.intersection(*hvgs))
+    if pooled and n_hvgs is not None and 0 < n_hvgs < len(shared):
+        both = ad.concat([b[:, shared] for b in kept], label="_section", keys=list(names), index_unique="-")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sc.pp.highly_variable_genes(both, flavor="seurat_v3", n_top_genes=int(n_hvgs), batch_key="_section")
+        shared = sorted(both.var_names[both.var["highly_variable"].to_numpy()])
+    if pooled:  # one selection for all sections
+        report["hvgs"] = {n: len(shared) for n in names}
+    report["hvg"] = "pooled" if pooled else "section"
     if not shared:
         counts_ = ", ".join(f"{n}: {len(h)}" for n, h in zip(names, hvgs))
         raise ValueError(f"The sections share no {'highly variable ' if n_hvgs else ''}genes ({counts_}; shared: 0). "
                          "Check that they use the same gene identifiers"
                          + (", or pass n_hvgs=None to use every gene they have in common." if n_hvgs else "."))
+    if genes == "shared":
+        panels = [set(b.var_names) for b in kept]
+        common = set.intersection(*panels)
+        lost = {n: len(p - common) / len(p) for n, p in zip(names, panels)}
+        worst = max(lost, key=lost.get)
+        if lost[worst] > PANEL_LOSS:
+            warnings.warn(f"The sections' gene panels differ: {len(common)} genes are in every panel, and section "
+                          f"{worst!r} loses {lost[worst]:.0%} of its {len(panels[names.index(worst)])} genes (the ones "
+                          "no other section measured). genes='union' keeps every panel's genes (each section's "
+                          "unmeasured ones are imputed).", UserWarning, stacklevel=4)
     model_genes = shared if genes == "shared" else sorted(set.union(*hvgs))
     # a section measured a model gene if the gene passed its QC (selected there or not: its counts are data)
     measured = np.array([[g in set(b.var_names) for g in model_genes] for b in kept])

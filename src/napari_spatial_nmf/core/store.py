@@ -155,6 +155,24 @@ class StabilityStore:
             tmp.unlink(missing_ok=True)
             raise
 
+    def save_extra(self, k: int, b: int, name: str, array: np.ndarray) -> None:
+        """Keep another array of a record (e.g. an integration's gene scaling), written atomically."""
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(array), allow_pickle=False)
+        f = self._file(k, b).with_name(f"r{b:04d}.{name}.npy")
+        f.parent.mkdir(exist_ok=True)
+        self._atomic_write(f, buf.getvalue())
+
+    def load_extra(self, k: int, b: int, name: str) -> np.ndarray | None:
+        """An array kept by :meth:`save_extra`, or None if it is missing or unreadable."""
+        f = self._file(k, b).with_name(f"r{b:04d}.{name}.npy")
+        try:
+            return np.load(f, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+
     def load(self, k: int, b: int, n_obs: int) -> np.ndarray | None:
         """The record's dictionary, or None (with a warning naming the file) when it is
         damaged, altered or of the wrong shape: the caller fits it again.

@@ -31,6 +31,7 @@ from ._atlas import (
 )
 from ._common import pattern_names, signature_names
 from ._integrate import diagnose, factor_names, integrate, iter_integrate
+from ._integrate_stability import integrate_stability, iter_integrate_stability
 from ._nmf import check_nmf_input, impute_knn, iter_impute_knn, iter_nmf, nmf
 from ._nnmf import (
     estimate_lengthscale,
@@ -57,10 +58,12 @@ __all__ = [
     "imputation_holdout",
     "impute_knn",
     "integrate",
+    "integrate_stability",
     "integration_scores",
     "iter_estimate_lengthscale",
     "iter_impute_knn",
     "iter_integrate",
+    "iter_integrate_stability",
     "iter_nmf",
     "iter_nnmf",
     "iter_osnmf_suite",

@@ -14,6 +14,7 @@ section's unmeasured genes, and a consensus over restarts (``n_restarts``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator, Sequence
 
 import anndata as ad
@@ -139,14 +140,18 @@ def iter_integrate(
         ``"recover"`` recovers counts from ``log1p(normalize_total)`` data (each cell's values
         un-logged, over its smallest non-zero value, rounded; for 99.3-99.7 % of the BARISTAseq
         values within 0.01 of an integer), ``"pseudo"`` uses the un-logged values as
-        pseudo-counts (:func:`napari_spatial_nmf.core.sections.to_counts`).
+        pseudo-counts (:func:`napari_spatial_nmf.core.sections.to_counts`). Sections that
+        already hold counts keep them (data sets of two technologies may mix both).
     genes : {"shared", "union"}
         Fit the genes every section selected (INSPIRE's intersection), or every gene some
         section selected (joint NNMF only): each section's likelihood runs over the genes it
         measured, alignment rests on the shared ones, every program has a weight for every
         gene, and each section's unmeasured genes are imputed (``layers[f"{key}_imputed"]``).
     n_hvgs : int or None
-        Highly variable genes per section (scanpy seurat_v3). None: every gene.
+        Highly variable genes (scanpy seurat_v3). INSPIRE, and ``genes="union"``: per section,
+        then their intersection (union); joint NNMF on shared genes: this many of the genes all
+        sections share, ranked over the sections together (a per-section intersection shrinks
+        with every section). None: every gene.
     min_genes, min_cells : int
         INSPIRE's per-section QC thresholds (dropped cells are reported, with a warning).
     n_restarts : int
@@ -223,11 +228,60 @@ def iter_integrate(
     Poisson NMF decoder x_ig ~ Poisson(l_i (β_i B)_g e^{γ_sg}) fitted with NNMF's updates and
     kernel smoothing (Laursen et al. 2026), per section.
     """
+    n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
+    opts = {"n_steps": n_steps, "variant": variant, "rad_cutoff": rad_cutoff, "rad_coef": rad_coef,
+            "batch_size": batch_size, "coef_recon": coef_recon, "coef_geom": coef_geom, "lengthscale": lengthscale,
+            "max_iter": max_iter, "tol": tol, "fit_gamma": fit_gamma}
+    sec, graph, params, opts = prepare(sections, n_factors, method=method, section_key=section_key,
+                                       section_names=section_names, layer=layer, spatial_key=spatial_key,
+                                       counts=counts, genes=genes, n_hvgs=n_hvgs, min_genes=min_genes,
+                                       min_cells=min_cells, random_state=random_state, key_added=key_added, **opts)
+    K = params["n_factors"]
+    params["n_restarts"] = n_restarts
+    per_fit = opts["n_steps"] if method == "inspire" else opts["max_iter"]
+    total = per_fit * n_restarts
+    yield Progress(0, total, f"{len(sec.names)} sections, {sum(sec.sizes):,} cells, {len(sec.genes):,} genes "
+                   f"({len(sec.shared):,} shared)" + (f", {n_restarts} restarts" if n_restarts > 1 else ""))
+    fits, records, latent = [], [], None
+    opts = dict(opts, warn=n_restarts == 1)  # several fits: one warning for all of them (below)
+    for r in range(n_restarts):
+        fit = yield from relay(fit_one(sec, graph, method, K, params["random_state"] + r, opts),
+                               lambda p, o=r * per_fit, r=r: _restart_progress(p, o, total, r, n_restarts))
+        fits.append(fit[:3])
+        records.append(fit[3])
+        if latent is None:
+            latent = fit[4]
+    if n_restarts > 1:
+        warn_unconverged({K: records}, opts["max_iter"], opts["tol"], stacklevel=3)
+    return finish(sec, graph, fits, records, latent, params, key_added)
+
+
+def warn_unconverged(records: dict, max_iter: int, tol: float, stacklevel: int = 2) -> None:
+    """One ``ConvergenceWarning`` for the joint NNMF fits (``{K: [record, ...]}``) that ``max_iter`` ended."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    hit = {k: sum(r.get("stop_reason") == "max_iter" for r in recs) for k, recs in records.items()}
+    n, total = sum(hit.values()), sum(len(recs) for recs in records.values())
+    if n:
+        where = ", ".join(f"K={k}: {v}" for k, v in hit.items() if v) if len(records) > 1 else ""
+        warnings.warn(f"Joint NNMF stopped at max_iter={max_iter} before the tolerance {tol:g} was met in {n} of "
+                      f"{total} fits{f' ({where})' if where else ''}; raise max_iter (or tol) if the factors still "
+                      "change.", ConvergenceWarning, stacklevel=stacklevel + 1)
+
+
+def prepare(sections, n_factors, *, method, section_key, section_names, layer, spatial_key, counts, genes, n_hvgs,
+            min_genes, min_cells, random_state, key_added, n_steps, variant, rad_cutoff, rad_coef, batch_size,
+            coef_recon, coef_geom, lengthscale, max_iter, tol, fit_gamma):
+    """Every check of an integration, the prepared sections and their graphs, the parameters and
+    the fitting options: all before any training (shared by :func:`iter_integrate` and
+    :func:`iter_integrate_stability`).
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
-    K = check_int(n_factors, "n_factors", minimum=1)
+    ks = [n_factors] if not isinstance(n_factors, (list, tuple, range)) else list(n_factors)
+    ks = [check_int(k, "n_factors", minimum=1) for k in ks]
+    K = max(ks)
     n_steps = check_int(n_steps, "n_steps", minimum=1)
-    n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
     if variant not in ("auto", *_insp.VARIANTS):
         raise ValueError(f"variant must be 'auto', 'gat' or 'lgcn'; got {variant!r}.")
     if genes == "union" and method == "inspire":
@@ -253,12 +307,13 @@ def iter_integrate(
         _insp.torch_module()
     adatas, names = section_inputs(sections, section_key, section_names)
     sec = prepare_sections(adatas, names, layer=layer, spatial_key=spatial_key, n_hvgs=n_hvgs, min_genes=min_genes,
-                           min_cells=min_cells, counts=counts, genes=genes, features=method == "inspire")
+                           min_cells=min_cells, counts=counts, genes=genes, features=method == "inspire",
+                           hvg="section" if method == "inspire" else "pooled")
     G, n_shared = len(sec.genes), len(sec.shared)
     if n_shared < K:
-        per = ", ".join(f"{n}: {int(m.sum())}" for n, m in zip(sec.names, sec.panels))
-        raise ValueError(f"n_factors = {K} is more than the {n_shared} genes the sections share (genes per section: "
-                         f"{per}); the alignment rests on them. Choose K <= {n_shared}, or more genes (n_hvgs=None).")
+        per = ", ".join(f"{n}: {v}" for n, v in sec.report["hvgs"].items())
+        raise ValueError(f"K = {K} is more than the {n_shared} genes the sections share (genes per section: {per}); "
+                         f"the alignment rests on them. Choose K <= {n_shared}, or more genes (n_hvgs=None).")
     if rad_cutoff is not None:
         rad_cutoff = check_positive(rad_cutoff, "rad_cutoff")
     if lengthscale is not None:
@@ -270,7 +325,7 @@ def iter_integrate(
 
     params = {"method": method, "n_factors": K, "section_key": section_key, "layer": layer, "spatial_key": spatial_key,
               "counts": counts, "genes": genes, "n_hvgs": n_hvgs, "min_genes": min_genes, "min_cells": min_cells,
-              "n_restarts": n_restarts, "random_state": int(random_state), "spatial_unit": section_unit(adatas, names)}
+              "random_state": int(random_state), "spatial_unit": section_unit(adatas, names)}
     if method == "inspire":
         params.update(n_steps=n_steps, variant=variant, rad_cutoff=rad_cutoff, rad_coef=rad_coef,
                       batch_size=int(batch_size), coef_recon=float(coef_recon), coef_geom=float(coef_geom),
@@ -281,37 +336,39 @@ def iter_integrate(
     else:
         params.update(lengthscale=lengthscale, max_iter=max_iter, tol=tol, fit_gamma=bool(fit_gamma),
                       source="joint NNMF (this package), NNMF: Laursen et al. 2026")
-    per_fit = n_steps if method == "inspire" else max_iter
-    total = per_fit * n_restarts
-    yield Progress(0, total, f"{len(names)} sections, {sum(sec.sizes):,} cells, {G:,} genes ({n_shared:,} shared)"
-                   + (f", {n_restarts} restarts" if n_restarts > 1 else ""))
-    fits, records, latent = [], [], None
-    for r in range(n_restarts):
-        seed = random_state + r
-        offset = r * per_fit
-        if method == "inspire":
-            res = yield from relay(_insp.iter_train(sec, K, n_steps, variant=variant, radii=[g.scale for g in graph],
-                                                    batch_size=batch_size, coef_recon=coef_recon, coef_geom=coef_geom,
-                                                    random_state=seed),
-                                   lambda p, o=offset, r=r: _restart_progress(p, o, total, r, n_restarts))
-            fits.append((np.concatenate(res.proportions), res.programs, res.gamma))
-            records.append({"losses": res.losses})
-            if latent is None:
-                latent = np.concatenate(res.latent)
-        else:
-            fit = yield from relay(_joint(sec, K, [g.scale for g in graph], max_iter, tol, fit_gamma, seed),
-                                   lambda p, o=offset, r=r: _restart_progress(p, o, total, r, n_restarts))
-            fits.append(fit[:3])
-            records.append(fit[3])
+    opts = {"n_steps": n_steps, "variant": variant, "batch_size": batch_size, "coef_recon": coef_recon,
+            "coef_geom": coef_geom, "max_iter": max_iter, "tol": tol, "fit_gamma": fit_gamma}
+    return sec, graph, params, opts
+
+
+def fit_one(sec, graph, method, K, seed, opts):
+    """One fit (generator): returns ``(proportions, programs (K, G), gamma, record, latent or None)``."""
+    if method == "inspire":
+        res = yield from _insp.iter_train(sec, K, opts["n_steps"], variant=opts["variant"],
+                                          radii=[g.scale for g in graph], batch_size=opts["batch_size"],
+                                          coef_recon=opts["coef_recon"], coef_geom=opts["coef_geom"],
+                                          random_state=seed)
+        return (np.concatenate(res.proportions), res.programs, res.gamma, {"losses": res.losses},
+                np.concatenate(res.latent))
+    props, programs, gamma, record = yield from _joint(sec, K, [g.scale for g in graph], opts["max_iter"],
+                                                       opts["tol"], opts["fit_gamma"], seed,
+                                                       opts.get("warn", True))
+    return props, programs, gamma, record, None
+
+
+def finish(sec, graph, fits, records, latent, params, key_added) -> ad.AnnData:
+    """The consensus of the fits, assembled into the result AnnData with its diagnostics."""
     from ..core.consensus import consensus
 
     cons = consensus(fits)
     record = dict(records[0])
     record["graph"] = pd.DataFrame([g.as_dict() for g in graph])
-    if n_restarts > 1:
-        record["restarts"] = {"n": n_restarts, "seeds": [random_state + r for r in range(n_restarts)],
+    n = len(fits)
+    if n > 1:
+        record["restarts"] = {"n": n, "seeds": [params["random_state"] + r for r in range(n)],
                               "instability": cons.instability,
-                              "program_similarity": pd.DataFrame(cons.similarity, columns=factor_names(K))}
+                              "program_similarity": pd.DataFrame(cons.similarity,
+                                                                 columns=factor_names(cons.programs.shape[0]))}
     out = _assemble(sec, cons.proportions, cons.programs, cons.gamma, latent, key_added, params, record)
     diagnose(out, key_added)
     return out
@@ -404,7 +461,7 @@ def _graph(sec, method, rad_cutoff, rad_coef, lengthscale):
     return stats
 
 
-def _joint(sec, K, lengthscales, max_iter, tol, fit_gamma, random_state):
+def _joint(sec, K, lengthscales, max_iter, tol, fit_gamma, random_state, warn=True):
     """One joint NNMF fit; returns (proportions, programs (K, G), gamma, record)."""
     from ..core import joint_nnmf as _jn
     from ..core import nnmf as _nn
@@ -416,7 +473,7 @@ def _joint(sec, K, lengthscales, max_iter, tol, fit_gamma, random_state):
     mean_neighbors = float(np.average([k.mean_neighbors for k in kernels], weights=sec.sizes))
     bounds = list(zip(np.cumsum([0, *sec.sizes[:-1]]), np.cumsum(sec.sizes)))
     res = yield from _jn.iter_fit_joint(X, bounds, K, S, max_iter=max_iter, tol=tol, fit_gamma=fit_gamma,
-                                        random_state=random_state, measured=sec.measured)
+                                        random_state=random_state, measured=sec.measured, warn=warn)
     with np.errstate(invalid="ignore", divide="ignore"):
         props = (res.weights / res.weights.sum(axis=1, keepdims=True)).astype(np.float32)
     record = {"gkl": res.gkl, "gkl_trace": res.trace, "n_iter": res.n_iter, "stop_reason": res.stop_reason,
@@ -427,19 +484,30 @@ def _joint(sec, K, lengthscales, max_iter, tol, fit_gamma, random_state):
 
 def imputed_expression(sec, props, programs, gamma, cell_scale) -> np.ndarray:
     """Every section's expected expression of every model gene from the programs: (n, G)
-    float32, on each cell's own normalised scale (its measured genes are the model's fit, its
-    unmeasured ones the imputation). A gene a section did not measure takes the scaling of
-    the gene's reference section (the first that measured it).
+    float32, on each cell's own normalised scale (the model's normalisation: each cell's
+    measured genes sum to their number). Each cell is described by its own weights on the
+    programs, refitted from its measured genes without the spatial smoothing
+    (:func:`napari_spatial_nmf.core.joint_nnmf.cell_weights`), so an imputed gene follows
+    the cell, not only its neighbourhood; a gene a section did not measure takes the scaling
+    of the gene's reference section (the first that measured it).
     """
+    from ..core import joint_nnmf as _jn
+    from ..core import nnmf as _nn
+
     panels = sec.panels
     ref = panels.argmax(axis=0)
+    g = np.nan_to_num(np.asarray(gamma, dtype=np.float64), nan=-np.inf)
+    c = np.where(panels, np.exp(g), 0.0)
+    X = _nn.normalize_cells(sp.vstack([m.astype(np.float64) for m in sec.counts]).tocsr())
+    bounds = list(zip(np.cumsum([0, *sec.sizes[:-1]]), np.cumsum(sec.sizes)))
+    W0 = props.astype(np.float64) * (np.asarray(cell_scale, dtype=np.float64)[:, None] if cell_scale is not None
+                                     else np.asarray(X.sum(axis=1)))
+    W = _jn.cell_weights(X, bounds, programs.T.astype(np.float64), c, W0)
     g = np.nan_to_num(np.asarray(gamma, dtype=np.float64))
-    out, start = [], 0
-    for s, n in enumerate(sec.sizes):
+    out = []
+    for s, (a, b) in enumerate(bounds):
         scale = np.exp(np.where(panels[s], g[s], g[ref, np.arange(len(ref))]))
-        W = props[start:start + n].astype(np.float64) * cell_scale[start:start + n, None]
-        out.append((W @ (programs.astype(np.float64) * scale[None, :])).astype(np.float32))
-        start += n
+        out.append((W[a:b] @ (programs.astype(np.float64) * scale[None, :])).astype(np.float32))
     return np.concatenate(out)
 
 

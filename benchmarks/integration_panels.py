@@ -1,0 +1,411 @@
+"""Gene panels that differ, and K chosen by stability, for integration (issue 23).
+
+Four experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. over seeds:
+
+``heldout``
+    Held-out genes. Two sections of one technology (DLPFC Visium 151673 + 151674, raw UMI
+    counts, spots; BARISTAseq VISp slices 1 + 2, single cells, counts recovered from
+    log-normalised values). 15 % of the shared genes are hidden from the second section; the
+    integration runs over the union of the panels (``genes="union"``) and imputes them there.
+    Per hidden gene: Pearson r and Spearman ρ between the imputation and the truth (log1p of
+    the counts normalised over the genes the section measured), beside two k-nearest-neighbour
+    baselines that predict a cell as the mean of its 15 nearest cells of the other section:
+    in the integration's own factor space (standardised per section), and in a PCA of the
+    shared genes (the Seurat/SpaGE-style transfer).
+``panel``
+    A simulation from real parts of a second technology: DLPFC 151673 with all its genes, and
+    the adjacent 151674 cut to a 100-gene panel (its 100 most variable genes, as a targeted
+    panel is designed), each gene's counts thinned by its own capture efficiency
+    (0.3 × log-normal(0, 0.5), clipped to 1: technical scaling and down-sampling). Layers must
+    align (ARI of both sections within 0.05 of the integration with every gene), the hidden
+    genes of 151674 are imputed (median r against the k-NN baselines), and the K chosen by
+    stability must be the number of layers (7) within ±2.
+``crosstech``
+    Two technologies, two cortical areas, one laminar plan: BARISTAseq VISp (3 slices, 79
+    genes) and osmFISH SSp (33 genes; Codeluppi et al. 2018), which share 9 genes. The
+    integration runs over the union (103 genes). Reported: the contingency of each data set's
+    layers with the integrated domains (does each layer sit on domains both data sets use?),
+    each data set's layer ARI after integration and alone (the same pipeline on its own
+    cells and genes), and the imputation of each shared gene when it is hidden from osmFISH.
+``dlpfc_k``
+    DLPFC 151673-151676: the K chosen by stability (restarts per K) against the best fixed K,
+    per-section ARI.
+
+Targets (issue 23): panel simulation ARI within 0.05 of all genes and median r ≥ k-NN + 0.05;
+cross-technology: every layer present in both maps mostly (> 50 %) to shared domains, each
+data set's ARI after integration ≥ alone; DLPFC: stability-chosen K within 0.02 ARI of the
+best fixed K.
+
+    python benchmarks/integration_panels.py                    # all four, 3 seeds
+    python benchmarks/integration_panels.py --parts heldout panel --seeds 5
+    python benchmarks/integration_panels.py --quick
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import anndata as ad
+import benchmarks_common as common
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from scipy.spatial import cKDTree
+from scipy.stats import pearsonr, spearmanr
+
+from napari_spatial_nmf import tl
+from napari_spatial_nmf.core.domains import standardise
+from napari_spatial_nmf.core.metrics import clustering_scores
+
+DLPFC = ["151673", "151674", "151675", "151676"]
+N_NEIGHBOURS = 15  # the k-NN baselines' neighbours
+LAYER = {"VISp_I": "L1", "VISp_II/III": "L2/3", "VISp_IV": "L4", "VISp_V": "L5", "VISp_VI": "L6", "VISp_wm": "WM",
+         "Pia Layer 1": "L1", "Layer 2-3 medial": "L2/3", "Layer 2-3 lateral": "L2/3", "Layer 3-4": "L4",
+         "Layer 4": "L4", "Layer 5": "L5", "Layer 6": "L6", "White matter": "WM"}
+
+
+# ------------------------------------------------------------------ data
+
+def dlpfc(ids, quick):
+    folder = common.shared("dlpfc_visium_151673_151676")
+    secs = [ad.read_h5ad(folder / f"dlpfc_{s}_5000hvg.h5ad") for s in ids]
+    shared = sorted(set.intersection(*[set(s.var_names) for s in secs]))
+    secs = [s[:, shared].copy() for s in secs]
+    if quick:
+        secs = [s[:300, :120].copy() for s in secs]
+    return secs, "layer"
+
+
+def barista(slices, quick):
+    folder = common.shared("baristaseq_visp_3slices")
+    secs = [ad.read_h5ad(folder / f"baristaseq_visp_slice{i}.h5ad") for i in slices]
+    if quick:
+        secs = [s[:300].copy() for s in secs]
+    return secs, "original_domain"
+
+
+def osmfish(quick):
+    a = ad.read_h5ad(common.shared("osmfish_sscortex") / "osmfish_sscortex_6471cells_33genes.h5ad")
+    from napari_spatial_nmf.core.nnmf import duplicated_cells
+
+    a = a[(a.obs["region"] != "Excluded").to_numpy()]
+    a = a[~duplicated_cells(np.asarray(a.obsm["spatial"]))].copy()  # repeated records (NNMF alone refuses them)
+    return a[:400].copy() if quick else a
+
+
+def lognorm(X, genes_mask=None) -> np.ndarray:
+    """log1p(1e4 × counts / the cell's total over ``genes_mask``) as a dense float64 array."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    lib = np.asarray((X[:, genes_mask] if genes_mask is not None else X).sum(axis=1)).ravel()
+    return np.log1p(np.asarray((sp.diags(1e4 / np.maximum(lib, 1e-12)) @ X).todense()))
+
+
+def counts_of(a: ad.AnnData) -> sp.csr_matrix:
+    """Counts of a section (BARISTAseq's recovered from its log-normalised values)."""
+    from napari_spatial_nmf.core.sections import to_counts
+
+    X = sp.csr_matrix(a.X)
+    if X.data.size and np.mean(X.data != np.round(X.data)) > 0.01:
+        X, _ = to_counts(X, "recover")
+    return X.astype(np.float32)
+
+
+# ------------------------------------------------------------------ scoring
+
+def per_gene(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-gene Pearson r and Spearman ρ (NaN for a constant column)."""
+    r, rho = [], []
+    for j in range(truth.shape[1]):
+        t, p = truth[:, j], pred[:, j]
+        if np.std(t) == 0 or np.std(p) == 0:
+            r.append(np.nan)
+            rho.append(np.nan)
+            continue
+        r.append(pearsonr(p, t)[0])
+        rho.append(spearmanr(p, t)[0])
+    return np.asarray(r), np.asarray(rho)
+
+
+def knn_predict(E_ref, Y_ref, E_query, k=N_NEIGHBOURS) -> np.ndarray:
+    _, idx = cKDTree(E_ref).query(E_query, k=min(k, len(E_ref)))
+    return Y_ref[idx].mean(axis=1)
+
+
+def shared_pca(a_ref: np.ndarray, a_query: np.ndarray, n: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Both sections in a PCA of the shared genes (each standardised within its section)."""
+    from sklearn.decomposition import PCA
+
+    z = [(x - x.mean(0)) / (x.std(0) + 1e-9) for x in (a_ref, a_query)]
+    pca = PCA(min(n, a_ref.shape[1] - 1, len(a_ref) - 1), random_state=0).fit(np.vstack(z))
+    return pca.transform(z[0]), pca.transform(z[1])
+
+
+def imputation_scores(res, query: str, hidden: list[str], truth: np.ndarray, ref_Y: np.ndarray,
+                      shared_ref: np.ndarray, shared_query: np.ndarray) -> dict:
+    """Our imputation of ``hidden`` genes in section ``query`` against the truth and two k-NN baselines."""
+    sec = res.obs["section"].astype(str).to_numpy()
+    q = sec == query
+    measured = res.uns["integration"]["panels"][query].to_numpy()
+    imp = np.asarray(res.layers["integration_imputed"], dtype=np.float64)[q]
+    ours = np.log1p(1e4 * imp / imp[:, measured].sum(axis=1, keepdims=True))
+    cols = [res.var_names.get_loc(g) for g in hidden]
+    P = standardise(np.asarray(res.obsm["X_integration"], dtype=np.float64), sec)
+    knn_latent = knn_predict(P[~q], ref_Y, P[q])
+    A, B = shared_pca(shared_ref, shared_query)
+    knn_pca = knn_predict(A, ref_Y, B)
+    out = {}
+    for name, pred in (("ours", ours[:, cols]), ("knn_latent", knn_latent), ("knn_shared_pca", knn_pca)):
+        r, rho = per_gene(pred, truth)
+        out[name] = {"median_r": float(np.nanmedian(r)), "median_spearman": float(np.nanmedian(rho))}
+    return out
+
+
+def section_ari(res, labels, domains="d") -> dict:
+    out = {}
+    for s in res.obs["section"].cat.categories:
+        m = (res.obs["section"] == s).to_numpy()
+        lab = res.obs[labels].to_numpy()[m]
+        out[str(s)] = round(clustering_scores(lab, res.obs[domains].to_numpy()[m])["ari"], 4)
+    return out
+
+
+# ------------------------------------------------------------------ experiments
+
+def two_sections_heldout(secs, labels, names, seed, K, max_iter, fraction=0.15, **kw):
+    """Hide ``fraction`` of the shared genes from the second section; impute them."""
+    rng = np.random.default_rng(seed)
+    genes = list(secs[1].var_names.intersection(secs[0].var_names))
+    hidden = sorted(rng.choice(genes, size=max(1, round(fraction * len(genes))), replace=False).tolist())
+    keep = [g for g in secs[1].var_names if g not in set(hidden)]
+    B = secs[1][:, keep].copy()
+    res = tl.integrate([secs[0], B], K, genes="union", n_hvgs=None, section_names=names, random_state=seed,
+                       max_iter=max_iter, **kw)
+    return res, hidden, scores_for(res, secs, names, hidden, keep)
+
+
+def scores_for(res, secs, names, hidden, panel):
+    """Imputation of ``hidden`` in the second section: truth and the baselines' inputs."""
+    kept = [res.obs_names[res.obs["section"] == n] for n in names]
+    obs = [pd.Index([f"{i}-{n}" for i in s.obs_names]) for s, n in zip(secs, names)]
+    rows = [o.get_indexer(k) for o, k in zip(obs, kept)]
+    C0, C1 = counts_of(secs[0])[rows[0]], counts_of(secs[1])[rows[1]]
+    var0, var1 = list(secs[0].var_names), list(secs[1].var_names)
+    m1 = np.isin(var1, panel)  # the second section's library: the genes it measured
+    truth = lognorm(C1, m1)[:, [var1.index(g) for g in hidden]]
+    Y0 = lognorm(C0, np.isin(var0, panel))[:, [var0.index(g) for g in hidden]]
+    shared = [g for g in panel if g in set(var0)]
+    S0 = lognorm(C0, np.isin(var0, panel))[:, [var0.index(g) for g in shared]]
+    S1 = lognorm(C1, m1)[:, [var1.index(g) for g in shared]]
+    return imputation_scores(res, names[1], hidden, truth, Y0, S0, S1)
+
+
+def heldout(a, log) -> dict:
+    rows = []
+    for data in ("dlpfc", "barista"):
+        if data == "dlpfc":
+            secs, labels = dlpfc(DLPFC[:2], a.quick)
+            names, kw = DLPFC[:2], {}
+        else:
+            secs, labels = barista((1, 2), a.quick)
+            names, kw = ["slice1", "slice2"], {"counts": "recover"}
+        for seed in range(a.seeds):
+            t = time.perf_counter()
+            res, hidden, sc = two_sections_heldout(secs, labels, names, seed, a.k, a.max_iter, **kw)
+            rows.append({"data": data, "seed": seed, "n_hidden": len(hidden), "n_genes": res.n_vars,
+                         "fit_s": round(time.perf_counter() - t, 1), **sc})
+            log(f"heldout {data} seed {seed}: " + ", ".join(f"{k} r {v['median_r']:.3f}" for k, v in sc.items()))
+    return {"rows": rows}
+
+
+def thin(X: sp.csr_matrix, efficiency: np.ndarray, rng) -> sp.csr_matrix:
+    """Binomial thinning of each gene's counts by its capture efficiency."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    X.data = rng.binomial(np.round(X.data).astype(np.int64), efficiency[X.indices]).astype(np.float64)
+    X.eliminate_zeros()
+    return X
+
+
+def panel_sim(a, log) -> dict:
+    import scanpy as sc
+
+    secs, labels = dlpfc(DLPFC[:2], a.quick)
+    names = DLPFC[:2]
+    n_layers = len({v for s in secs for v in s.obs[labels].dropna().astype(str)})
+    n_panel = 30 if a.quick else 100
+    B = secs[1].copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.pp.highly_variable_genes(B, flavor="seurat_v3", n_top_genes=n_panel)
+    panel = list(B.var_names[B.var["highly_variable"].to_numpy()])
+    hidden = [g for g in secs[1].var_names if g not in set(panel)]
+    rows, ks = [], []
+    for seed in range(a.seeds):
+        rng = np.random.default_rng(seed)
+        eff = np.clip(0.3 * rng.lognormal(0.0, 0.5, size=len(panel)), 0, 1)
+        Bp = secs[1][:, panel].copy()
+        Bp.X = thin(Bp.X, eff, rng).astype(np.float32)
+        full = tl.integrate(secs, a.k, n_hvgs=None, section_names=names, random_state=seed, max_iter=a.max_iter)
+        t = time.perf_counter()
+        sim = tl.integrate([secs[0], Bp], a.k, genes="union", n_hvgs=None, section_names=names,
+                           random_state=seed, max_iter=a.max_iter)
+        fit_s = time.perf_counter() - t
+        out = {"seed": seed, "fit_s": round(fit_s, 1)}
+        for name, res in (("all_genes", full), ("panel", sim)):
+            tl.cluster_domains(res, n_layers, key_added="d")
+            out[f"ari_{name}"] = section_ari(res, labels)
+        # the truth of the hidden genes: 151674's own counts (its library over the panel it measured, thinned)
+        kept = [sim.obs_names[sim.obs["section"] == n] for n in names]
+        obs = [pd.Index([f"{i}-{n}" for i in s.obs_names]) for s, n in zip(secs, names)]
+        rows_ = [o.get_indexer(k) for o, k in zip(obs, kept)]
+        var0 = list(secs[0].var_names)
+        C0 = counts_of(secs[0])[rows_[0]]
+        C1 = sp.hstack([counts_of(Bp), counts_of(secs[1][:, hidden])]).tocsr()[rows_[1]]
+        lib1 = np.asarray(C1[:, : len(panel)].sum(axis=1)).ravel()
+        L1 = np.log1p(np.asarray((sp.diags(1e4 / np.maximum(lib1, 1e-12)) @ C1).todense()))
+        truth = L1[:, len(panel):]
+        m0 = np.isin(var0, panel)
+        L0 = lognorm(C0, m0)
+        Y0 = L0[:, [var0.index(g) for g in hidden]]
+        S0, S1 = L0[:, [var0.index(g) for g in panel]], L1[:, : len(panel)]
+        out["imputation"] = imputation_scores(sim, names[1], hidden, truth, Y0, S0, S1)
+        rows.append(out)
+        log(f"panel seed {seed}: ARI all genes {out['ari_all_genes']}, panel {out['ari_panel']}; "
+            + ", ".join(f"{k} r {v['median_r']:.3f}" for k, v in out["imputation"].items()))
+        if seed < a.stability_seeds:
+            k_range = range(3, 6) if a.quick else range(4, 13)
+            st = tl.integrate_stability([secs[0], Bp], k_range, a.restarts, genes="union", n_hvgs=None,
+                                        section_names=names, random_state=seed * 100, max_iter=a.max_iter)
+            sweep = st.uns["integration_stability"]
+            ks.append({"seed": seed, "best_k": int(sweep["best_k"]), "table": sweep["table"].round(4)
+                       .to_dict(orient="records")})
+            log(f"panel seed {seed}: K by stability {sweep['best_k']} (layers {n_layers})")
+    return {"n_panel": len(panel), "n_hidden": len(hidden), "n_layers": n_layers, "rows": rows, "stability": ks}
+
+
+def crosstech(a, log) -> dict:
+    secs, labels = barista((1, 2, 3), a.quick)
+    osm = osmfish(a.quick)
+    bnames = ["slice1", "slice2", "slice3"]
+    for s in secs:
+        s.obs["layer"] = s.obs[labels].astype(str).map(LAYER)
+    osm.obs["layer"] = osm.obs["region"].astype(str).map(LAYER).fillna(osm.obs["region"].astype(str))
+    shared = sorted(set(secs[0].var_names) & set(osm.var_names))
+    n_dom = len(set(osm.obs["layer"]) | {v for s in secs for v in s.obs["layer"]})
+    K = a.k
+    rows = []
+    for seed in range(a.seeds):
+        t = time.perf_counter()
+        res = tl.integrate([*secs, osm], K, genes="union", n_hvgs=None, counts="recover",
+                           section_names=[*bnames, "osmFISH"], random_state=seed, max_iter=a.max_iter)
+        fit_s = time.perf_counter() - t
+        tl.cluster_domains(res, n_dom, key_added="d")
+        tech = np.where(res.obs["section"].astype(str) == "osmFISH", "osmFISH", "BARISTAseq")
+        lay = res.obs["layer"].astype(str).to_numpy()
+        dom = res.obs["d"].astype(str).to_numpy()
+        share = pd.crosstab(dom, tech, normalize="columns")
+        shared_dom = set(share.index[(share >= 0.05).all(axis=1)])
+        table = pd.crosstab([tech, lay], dom)
+        mostly = {}
+        for layer in sorted(set(lay[tech == "osmFISH"]) & set(lay[tech == "BARISTAseq"])):
+            for t_ in ("BARISTAseq", "osmFISH"):
+                m = (tech == t_) & (lay == layer)
+                mostly[f"{t_} {layer}"] = round(float(np.isin(dom[m], list(shared_dom)).mean()), 3)
+        ari_int = {t_: round(clustering_scores(lay[tech == t_], dom[tech == t_])["ari"], 4)
+                   for t_ in ("BARISTAseq", "osmFISH")}
+        # the same pipeline on each data set alone (its own genes and cells)
+        alone_b = tl.integrate(secs, K, n_hvgs=None, counts="recover", section_names=bnames, random_state=seed,
+                               max_iter=a.max_iter)
+        tl.cluster_domains(alone_b, len({v for s in secs for v in s.obs["layer"]}), key_added="d")
+        o = osm.copy()
+        o.obs["section"] = pd.Categorical(["osmFISH"] * o.n_obs)
+        tl.nnmf(o, K, random_state=seed, max_iter=a.max_iter)
+        tl.cluster_domains(o, o.obs["layer"].nunique(), key="nnmf", key_added="d")
+        ari_alone = {"BARISTAseq": round(clustering_scores(alone_b.obs["layer"].astype(str),
+                                                          alone_b.obs["d"])["ari"], 4),
+                     "osmFISH": round(clustering_scores(o.obs["layer"].astype(str), o.obs["d"])["ari"], 4)}
+        # imputation: the shared genes hidden from osmFISH in 3 folds (the others still align the data sets)
+        per_gene_r = {}
+        for fold in ([shared[:3]] if a.quick else np.array_split(np.random.default_rng(seed).permutation(shared), 3)):
+            fold = sorted(fold)
+            osm_h = osm[:, [g for g in osm.var_names if g not in set(fold)]].copy()
+            res_h = tl.integrate([*secs, osm_h], K, genes="union", n_hvgs=None, counts="recover",
+                                 section_names=[*bnames, "osmFISH"], random_state=seed, max_iter=a.max_iter)
+            per_gene_r |= imputed_in(res_h, "osmFISH", fold, osm, list(osm_h.var_names))
+        r = np.array(list(per_gene_r.values()))
+        imp = {"per_gene_r": per_gene_r, "summary": {"median_r": round(float(np.nanmedian(r)), 3)}}
+        rows.append({"seed": seed, "fit_s": round(fit_s, 1), "n_genes": res.n_vars, "n_shared": len(shared),
+                     "shared_domains": sorted(shared_dom), "layer_in_shared_domains": mostly,
+                     "ari_integrated": ari_int, "ari_alone": ari_alone,
+                     "mixing": round(float(res.uns["integration"]["diagnostics"]["mixing"]), 4),
+                     "warnings": res.uns["integration"]["diagnostics"]["warnings"],
+                     "contingency": {f"{k[0]} {k[1]}": v for k, v in table.T.to_dict().items()},
+                     "imputation_osmfish_shared_genes": imp})
+        log(f"crosstech seed {seed}: ARI integrated {ari_int}, alone {ari_alone}; layers in shared domains "
+            f"{mostly}; imputation {imp['summary']}")
+    return {"shared_genes": shared, "n_domains": n_dom, "rows": rows}
+
+
+def imputed_in(res, query, hidden, original, panel) -> dict:
+    """Per-gene Pearson r of the imputation of ``hidden`` genes in section ``query`` against its
+    true counts (``original``; log1p normalised over the genes it kept, ``panel``)."""
+    q = (res.obs["section"].astype(str) == query).to_numpy()
+    idx = pd.Index([f"{i}-{query}" for i in original.obs_names]).get_indexer(res.obs_names[q])
+    C = counts_of(original)[idx]
+    var = list(original.var_names)
+    truth = lognorm(C, np.isin(var, panel))[:, [var.index(g) for g in hidden]]
+    measured = res.uns["integration"]["panels"][query].to_numpy()
+    imp = np.asarray(res.layers["integration_imputed"], dtype=np.float64)[q]
+    ours = np.log1p(1e4 * imp / imp[:, measured].sum(axis=1, keepdims=True))[:, [res.var_names.get_loc(g)
+                                                                                  for g in hidden]]
+    r, _ = per_gene(ours, truth)
+    return {g: round(float(v), 3) for g, v in zip(hidden, r)}
+
+
+def dlpfc_k(a, log) -> dict:
+    secs, labels = dlpfc(DLPFC if not a.quick else DLPFC[:2], a.quick)
+    names = DLPFC if not a.quick else DLPFC[:2]
+    k_range = range(3, 5) if a.quick else range(5, 15)
+    fixed = {}
+    for K in k_range:
+        res = tl.integrate(secs, K, section_names=names, random_state=0, max_iter=a.max_iter)
+        tl.cluster_domains(res, 7, key_added="d")
+        fixed[K] = section_ari(res, labels)
+        log(f"dlpfc_k fixed K={K}: {fixed[K]}")
+    st = tl.integrate_stability(secs, k_range, a.restarts, section_names=names, random_state=0,
+                                max_iter=a.max_iter)
+    tl.cluster_domains(st, 7, key_added="d")
+    sweep = st.uns["integration_stability"]
+    chosen = section_ari(st, labels)
+    best_fixed = max(fixed, key=lambda k: np.mean(list(fixed[k].values())))
+    log(f"dlpfc_k: chosen K={sweep['best_k']} {chosen}; best fixed K={best_fixed} {fixed[best_fixed]}")
+    return {"fixed": fixed, "chosen_k": int(sweep["best_k"]), "chosen_ari": chosen, "best_fixed_k": best_fixed,
+            "table": sweep["table"].round(4).to_dict(orient="records")}
+
+
+PARTS = {"heldout": heldout, "panel": panel_sim, "crosstech": crosstech, "dlpfc_k": dlpfc_k}
+
+
+def main(argv=None) -> int:
+    ap = common.parser(__doc__)
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--stability-seeds", type=int, default=1, help="panel simulation: seeds with a K sweep")
+    ap.add_argument("-k", type=int, default=12)
+    ap.add_argument("--restarts", type=int, default=3)
+    ap.add_argument("--max-iter", type=int, default=300)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.seeds, a.stability_seeds, a.k, a.restarts, a.max_iter = 1, 1, 4, 2, 20
+    warnings.simplefilter("ignore")
+    result = {"settings": {k: str(v) for k, v in vars(a).items()}}
+    for part in a.parts:
+        t = time.perf_counter()
+        result[part] = PARTS[part](a, lambda msg: print(msg, flush=True))
+        result[part]["seconds"] = round(time.perf_counter() - t, 1)
+    common.write(a, "integration_panels", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
