@@ -292,7 +292,7 @@ def crosstech(a, log) -> dict:
     osm.obs["layer"] = osm.obs["region"].astype(str).map(LAYER).fillna(osm.obs["region"].astype(str))
     shared = sorted(set(secs[0].var_names) & set(osm.var_names))
     n_dom = len(set(osm.obs["layer"]) | {v for s in secs for v in s.obs["layer"]})
-    K = a.k
+    K = min(a.k, len(shared))  # the alignment rests on the shared genes: K at most their number
     rows = []
     for seed in range(a.seeds):
         t = time.perf_counter()
@@ -329,7 +329,8 @@ def crosstech(a, log) -> dict:
         for fold in ([shared[:3]] if a.quick else np.array_split(np.random.default_rng(seed).permutation(shared), 3)):
             fold = sorted(fold)
             osm_h = osm[:, [g for g in osm.var_names if g not in set(fold)]].copy()
-            res_h = tl.integrate([*secs, osm_h], K, genes="union", n_hvgs=None, counts="recover",
+            k_h = min(K, len(shared) - len(fold))  # K at most the genes still shared
+            res_h = tl.integrate([*secs, osm_h], k_h, genes="union", n_hvgs=None, counts="recover",
                                  section_names=[*bnames, "osmFISH"], random_state=seed, max_iter=a.max_iter)
             per_gene_r |= imputed_in(res_h, "osmFISH", fold, osm, list(osm_h.var_names))
         r = np.array(list(per_gene_r.values()))

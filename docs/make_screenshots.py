@@ -29,12 +29,17 @@ def shot(viewer, name):
     print("wrote", OUT / name, "window", viewer.window._qt_window.width(), "x", viewer.window._qt_window.height())
 
 
+def grid(viewer):
+    """The canvas grid (``viewer.canvas.grid`` since napari 0.6, ``viewer.grid`` before)."""
+    return viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+
+
 def fresh(viewer):
     viewer.window.remove_dock_widget("all")
     viewer.layers.clear()
     axes(viewer).visible = False
     viewer.dims.ndisplay = 2
-    viewer.grid.enabled = False
+    grid(viewer).enabled = False
     viewer.window._qt_window.resize(*SIZE)
 
 
@@ -90,8 +95,8 @@ _, nmf = viewer.window.add_plugin_dock_widget(PLUGIN, "Pattern discovery (NMF)")
 nmf.n_components.value = 21
 nmf.run()
 wait(nmf.runner)
-viewer.grid.enabled = True
-viewer.grid.shape = (5, 5)
+grid(viewer).enabled = True
+grid(viewer).shape = (5, 5)
 viewer.reset_view()
 shot(viewer, "04_bdgp_21_patterns.png")
 
@@ -118,21 +123,30 @@ camera(viewer).angles = (-30.0, 30.0, 120.0)
 axes(viewer).visible = True
 shot(viewer, "07_starmap_3d.png")
 
+def integrate_stahl(viewer, **values):
+    """The Ståhl sample in a fresh window, the Integrate dock given ``values`` and run."""
+    fresh(viewer)
+    viewer.open_sample(PLUGIN, "stahl_4_sections")
+    _, ig = viewer.window.add_plugin_dock_widget(PLUGIN, "Integrate sections")
+    ig.sections.value = list(viewer.layers)
+    for name, value in values.items():
+        getattr(ig, name).value = value
+    ig.run()
+    wait(ig.runner)
+    viewer.reset_view()
+    return ig
+
+
 # 8. Integration of the four Ståhl sections (joint NNMF), then the 3D stack
-fresh(viewer)
-viewer.open_sample(PLUGIN, "stahl_4_sections")
-_, ig = viewer.window.add_plugin_dock_widget(PLUGIN, "Integrate sections")
-ig.sections.value = list(viewer.layers)
-ig.method.value = "joint_nnmf"
-ig.n_factors.value = 6
-ig.n_steps.value = 300
-ig.run()
-wait(ig.runner)
-viewer.reset_view()
+ig = integrate_stahl(viewer, method="joint_nnmf", n_factors=6, n_steps=300)
 shot(viewer, "08_integration.png")
 ig.spacing.value = 1000.0  # exaggerated for display (the sections' real spacing is not in the data)
 ig.um_per_unit.value = 200.0
 ig.reconstruct()
 viewer.layers["integrated factors (sections side by side)"].visible = False
 shot(viewer, "09_integration_3d.png")
+
+# 10. K for the integration chosen by stability: the live curve in the dock
+integrate_stahl(viewer, by_stability=True, n_factors=4, k_max=8, n_restarts=3, n_steps=100)
+shot(viewer, "10_integration_k_by_stability.png")
 viewer.close()

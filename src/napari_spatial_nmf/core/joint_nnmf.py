@@ -138,7 +138,8 @@ def _gkl(Xs, Ws, Ht, c) -> float:
 def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components: int, S: sp.csr_matrix | None = None,
                    *, max_iter: int = 1000, tol: float = 1e-7, initial: int = 3, small_iter: int = 50,
                    error_freq: int = 10, fit_gamma: bool = True, random_state: int | None = 0,
-                   measured: np.ndarray | None = None, warn: bool = True) -> Generator[Progress, None, JointResult]:
+                   measured: np.ndarray | None = None, warn: bool = True,
+                   init: tuple[np.ndarray, np.ndarray] | None = None) -> Generator[Progress, None, JointResult]:
     """Fit joint NNMF; one :class:`Progress` per iteration.
 
     Parameters
@@ -167,6 +168,10 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
     warn : bool
         Warn (``ConvergenceWarning``) when ``max_iter`` ends the fit before ``tol``; callers
         that fit many times warn once for all of them instead.
+    init : (W, H^T), optional
+        A start instead of the random ones: W (n_cells, K) and H^T (G, K); ``small_iter``
+        H steps with W fixed come first, so that genes the start knows nothing about get
+        their weights before W moves (the second stage of a union-of-panels fit).
 
     Returns
     -------
@@ -180,13 +185,21 @@ def iter_fit_joint(X: sp.csr_matrix, bounds: list[tuple[int, int]], n_components
     M = np.ones((len(bounds), G), dtype=bool) if measured is None else np.asarray(measured, dtype=bool)
     ref = M.argmax(axis=0)  # each gene's reference section (its scaling fixed at 1)
     c = M.astype(np.float64)
+    if init is not None:
+        initial = 0
     total = initial * small_iter + max_iter
     step = 0
     if not _nn._kernels_ready(K):
         yield Progress(step, total, "preparing the NNMF kernels (compiled on first use, then cached; ~10 s)")
         _nn._warm_up(K)
     best = None
-    for s in range(max(initial, 1)):
+    if init is not None:
+        W, Ht = (np.array(a, dtype=np.float64) for a in init)
+        Ws = [W[a:b] for a, b in bounds]
+        for _ in range(small_iter):
+            Ht = _h_update(Xs, Ws, Ht, c)
+        best = (0.0, W, Ht)
+    for s in range(max(initial, 1) if init is None else 0):
         W, Ht = _nn._random_start(n, G, K, rng)
         Ws = [W[a:b] for a, b in bounds]
         for _ in range(small_iter if initial else 0):

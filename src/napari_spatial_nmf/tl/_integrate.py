@@ -147,6 +147,7 @@ def iter_integrate(
         section selected (joint NNMF only): each section's likelihood runs over the genes it
         measured, alignment rests on the shared ones, every program has a weight for every
         gene, and each section's unmeasured genes are imputed (``layers[f"{key}_imputed"]``).
+        The fit starts from a fit of the genes every section measured.
     n_hvgs : int or None
         Highly variable genes (scanpy seurat_v3). INSPIRE, and ``genes="union"``: per section,
         then their intersection (union); joint NNMF on shared genes: this many of the genes all
@@ -472,8 +473,22 @@ def _joint(sec, K, lengthscales, max_iter, tol, fit_gamma, random_state, warn=Tr
     S = sp.block_diag([k.S for k in kernels], format="csr")
     mean_neighbors = float(np.average([k.mean_neighbors for k in kernels], weights=sec.sizes))
     bounds = list(zip(np.cumsum([0, *sec.sizes[:-1]]), np.cumsum(sec.sizes)))
+    init = None
+    if sec.measured is not None and not sec.measured.all():
+        # panels that differ: first the genes every section measured (where the sections can meet),
+        # then every gene from that start; fitted from random starts on the union at once, a small
+        # panel's cells settle on factor combinations the other sections do not use
+        both = np.flatnonzero(sec.measured.all(axis=0))
+        Xb = X[:, both].tocsr()
+        Xb.data *= np.repeat(len(both) / np.maximum(np.asarray(Xb.sum(axis=1)).ravel(), 1e-12), np.diff(Xb.indptr))
+        first = yield from _jn.iter_fit_joint(Xb, bounds, K, S,
+                                              max_iter=max_iter, tol=tol, fit_gamma=fit_gamma,
+                                              random_state=random_state, warn=False)
+        Ht = np.full((X.shape[1], K), float(first.signatures.mean()))
+        Ht[both] = first.signatures.T
+        init = (first.weights, Ht)
     res = yield from _jn.iter_fit_joint(X, bounds, K, S, max_iter=max_iter, tol=tol, fit_gamma=fit_gamma,
-                                        random_state=random_state, measured=sec.measured, warn=warn)
+                                        random_state=random_state, measured=sec.measured, warn=warn, init=init)
     with np.errstate(invalid="ignore", divide="ignore"):
         props = (res.weights / res.weights.sum(axis=1, keepdims=True)).astype(np.float32)
     record = {"gkl": res.gkl, "gkl_trace": res.trace, "n_iter": res.n_iter, "stop_reason": res.stop_reason,

@@ -1,0 +1,153 @@
+"""Serial-section registration on iSTBench's protocol: ours beside PASTE, in one run.
+
+The protocol of iSTBench (Dong et al. 2025, Genome Biol 26:318; ``bm2-lab/iSTBench``,
+``Analysis/Spatial_alignment/code/2.1Alignment_metric.R``): every slice after the first is
+moved by a random rotation and translation, the slices are aligned in a chain (2 onto 1, 3
+onto the aligned 2, ...), and each adjacent pair is scored by the nearest-neighbour layer
+match averaged over both directions (the share of cells of one slice whose nearest cell of
+the other carries the same expert label, and the reverse). The score is the mean over pairs.
+
+Real data (``../shared/data``): the four DLPFC Visium sections 151673-151676 (spots, raw
+counts, layers L1-L6 and WM) and the three BARISTAseq VISp slices (single cells,
+log-normalised, six layers). Published (iSTBench): DLPFC SPACEL 0.876, PASTE 0.847, GraphST
+0.757, STAligner 0.732; BARISTAseq SPACEL 0.980, GraphST 0.979, STalign 0.971, PASTE 0.962.
+
+* ours: ``tl.integrate`` (joint NNMF, the defaults) then ``tl.reconstruct_3d`` (mutual nearest
+  neighbours in a PCA of the shared genes, RANSAC rigid fit, refinement), which chains by
+  construction;
+* PASTE 1.4.0 (``pairwise_align`` on the pair's shared genes, then its generalised Procrustes
+  step), chained in the same order.
+
+Also reported: the score of the moved slices (no alignment) and of the original coordinates.
+
+    python benchmarks/registration_istbench.py             # both data sets, 3 seeds of the motion
+    python benchmarks/registration_istbench.py --quick
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import anndata as ad
+import benchmarks_common as common
+import numpy as np
+from scipy.spatial import cKDTree
+
+from napari_spatial_nmf import tl
+
+PUBLISHED = {"dlpfc": {"SPACEL": 0.876, "PASTE": 0.847, "GraphST": 0.757, "STAligner": 0.732},
+             "barista": {"SPACEL": 0.980, "GraphST": 0.979, "STalign": 0.971, "PASTE": 0.962}}
+
+
+def load(name: str, quick: bool):
+    if name == "dlpfc":
+        folder = common.shared("dlpfc_visium_151673_151676")
+        names = ["151673", "151674", "151675", "151676"]
+        secs = [ad.read_h5ad(folder / f"dlpfc_{s}_5000hvg.h5ad") for s in names]
+        label, kwargs = "layer", {}
+    else:
+        folder = common.shared("baristaseq_visp_3slices")
+        names = ["slice1", "slice2", "slice3"]
+        secs = [ad.read_h5ad(folder / f"baristaseq_visp_slice{i}.h5ad") for i in (1, 2, 3)]
+        label, kwargs = "original_domain", {"counts": "recover", "n_hvgs": None}
+    if quick:
+        secs, names = [s[:150].copy() for s in secs[:2]], names[:2]
+    for s in secs:  # cells without an expert label cannot be scored
+        s._inplace_subset_obs(s.obs[label].notna().to_numpy())
+    return secs, names, label, kwargs
+
+
+def move(secs, rng):
+    """Every slice after the first by a random rotation and translation (iSTBench)."""
+    out = [secs[0].copy()]
+    for s in secs[1:]:
+        s = s.copy()
+        xy = np.asarray(s.obsm["spatial"], float)
+        th = rng.uniform(0, 2 * np.pi)
+        rot = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+        extent = np.ptp(xy, axis=0)
+        s.obsm["spatial"] = (xy - xy.mean(0)) @ rot.T + xy.mean(0) + rng.uniform(-0.5, 0.5, 2) * extent
+        out.append(s)
+    return out
+
+
+def score(coords, labels) -> dict:
+    """iSTBench's metric per adjacent pair: mean of the label match of each cell's nearest
+    cell in the other slice, both directions; and the mean over pairs."""
+    pairs = []
+    for i in range(len(coords) - 1):
+        a, b = coords[i], coords[i + 1]
+        la, lb = np.asarray(labels[i]).astype(str), np.asarray(labels[i + 1]).astype(str)
+        ab = np.mean(la == lb[cKDTree(b).query(a)[1]])
+        ba = np.mean(lb == la[cKDTree(a).query(b)[1]])
+        pairs.append(round(float((ab + ba) / 2), 4))
+    return {"pairs": pairs, "mean": round(float(np.mean(pairs)), 4)}
+
+
+def ours(secs, names, label, kwargs, seed):
+    t = time.perf_counter()
+    res = tl.integrate(secs, 12, section_names=names, random_state=seed, **kwargs)
+    t_int = time.perf_counter() - t
+    t = time.perf_counter()
+    tl.reconstruct_3d(res, spacing=10.0, um_per_unit=1.0)
+    t_reg = time.perf_counter() - t
+    groups = res.obs["section"].astype(str).to_numpy()
+    xy = np.asarray(res.obsm["spatial_aligned"])
+    coords = [xy[groups == n] for n in names]
+    labels = [res.obs[label].to_numpy()[groups == n] for n in names]
+    return score(coords, labels), t_int, t_reg
+
+
+def paste_chain(secs, label):
+    import ot
+    import paste
+
+    t = time.perf_counter()
+    coords = [np.asarray(secs[0].obsm["spatial"], float)]
+    for prev, cur in zip(secs[:-1], secs[1:]):
+        genes = sorted(set(prev.var_names) & set(cur.var_names))
+        A, B = prev[:, genes].copy(), cur[:, genes].copy()
+        A.obsm["spatial"] = coords[-1]
+        for x in (A, B):
+            x.X = np.asarray(x.X.toarray() if hasattr(x.X, "toarray") else x.X, dtype=np.float64)
+        pi = paste.pairwise_align(A, B, backend=ot.backend.NumpyBackend(), verbose=False)
+        _, _, Rm, tX, tY = paste.visualization.generalized_procrustes_analysis(
+            A.obsm["spatial"], np.asarray(B.obsm["spatial"], float), pi, output_params=True, matrix=True)
+        coords.append((np.asarray(B.obsm["spatial"], float) - tY) @ Rm.T + tX)
+    return score(coords, [s.obs[label].to_numpy() for s in secs]), time.perf_counter() - t
+
+
+def main(argv=None) -> int:
+    ap = common.parser(__doc__)
+    ap.add_argument("--data", nargs="+", default=["dlpfc", "barista"], choices=["dlpfc", "barista"])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--no-paste", action="store_true")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.seeds = 1
+    warnings.simplefilter("ignore")
+    result = {"published": PUBLISHED, "settings": {k: str(v) for k, v in vars(a).items()}, "rows": []}
+    for data in a.data:
+        secs, names, label, kwargs = load(data, a.quick)
+        original = score([np.asarray(s.obsm["spatial"], float) for s in secs], [s.obs[label] for s in secs])
+        for seed in range(a.seeds):
+            moved = move(secs, np.random.default_rng(seed))
+            row = {"data": data, "seed": seed, "original": original,
+                   "moved": score([np.asarray(s.obsm["spatial"], float) for s in moved], [s.obs[label] for s in moved])}
+            row["ours"], row["seconds_ours_integration"], row["seconds_ours_registration"] = ours(
+                moved, names, label, kwargs, seed)
+            if not a.no_paste:
+                row["paste"], row["seconds_paste"] = paste_chain(moved, label)
+            result["rows"].append(row)
+            print(data, seed, {k: v["mean"] for k, v in row.items() if isinstance(v, dict)}, flush=True)
+        rows = [r for r in result["rows"] if r["data"] == data]
+        result[f"{data}_mean_sd"] = {m: common.mean_sd([r[m]["mean"] for r in rows])
+                                     for m in ("original", "moved", "ours", "paste") if m in rows[0]}
+        print(data, result[f"{data}_mean_sd"], flush=True)
+    common.write(a, "registration_istbench", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
