@@ -26,6 +26,7 @@ Also reported: the score of the moved slices (no alignment) and of the original 
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 
@@ -105,7 +106,7 @@ def paste_chain(secs, label):
 
     t = time.perf_counter()
     coords = [np.asarray(secs[0].obsm["spatial"], float)]
-    for prev, cur in zip(secs[:-1], secs[1:]):
+    for prev, cur in itertools.pairwise(secs):
         genes = sorted(set(prev.var_names) & set(cur.var_names))
         A, B = prev[:, genes].copy(), cur[:, genes].copy()
         A.obsm["spatial"] = coords[-1]
