@@ -61,7 +61,10 @@ class IntegrationWidget(Dock):
         self.by_stability.changed.connect(self._on_stability)
         self.n_steps = SpinBox(label="iterations", min=10, max=100_000, value=300, step=100)
         self.method.changed.connect(self._on_method)
-        self.n_hvgs = SpinBox(label="HVGs per section", min=0, max=50_000, value=3000, step=500)
+        self.n_hvgs = SpinBox(label="highly variable genes", min=0, max=50_000, value=3000, step=500,
+                              tooltip="seurat_v3 HVGs (0: every gene). Joint NNMF ranks the genes all sections share "
+                                      "over the sections together; INSPIRE takes this many per section and their "
+                                      "intersection.")
         self.seed = SpinBox(label="random state", min=0, max=2**31 - 1, value=0)
         self.form = Container(widgets=[self.sections, self.section_key, self.method, self.counts, self.genes,
                                        self.n_factors, self.by_stability, self.k_max, self.n_restarts, self.n_steps,
@@ -86,8 +89,11 @@ class IntegrationWidget(Dock):
         self.reconstruct_button.setEnabled(False)
         self.reconstruct_button.clicked.connect(self.reconstruct)
         self._stores = None  # the dock's results stores: a cancelled sweep resumes from its finished fits
-        for w in (self.form, self.runner, self.plot, self.diagnostics, self.color_by, self.gene, self.legend,
-                  self.table, self.spacing, self.um_per_unit, self.reconstruct_button):
+        # in labelled forms, so that each box says what it is
+        colouring = Container(widgets=[self.color_by, self.gene])
+        stacking = Container(widgets=[self.spacing, self.um_per_unit])
+        for w in (self.form, self.runner, self.plot, self.diagnostics, colouring, self.legend,
+                  self.table, stacking, self.reconstruct_button):
             self.add(w)
         self.reset_choices()
         self._preselect()

@@ -141,8 +141,9 @@ def integration_warnings(diag: dict) -> list[str]:
     mix = diag.get("mixing")
     if mix is not None and np.isfinite(mix) and mix < POOR_MIXING:
         msgs.append(f"The sections barely mix in the integrated space (mixing {mix:.2f}; 0 = apart, 1 = mixed): "
-                    "their cells do not meet, so shared domains are unlikely. Cluster with scale='section' "
-                    "(each section standardised) and check for a batch or platform effect.")
+                    "their cells do not meet. Domains clustered with scale='section' (the default: each section "
+                    "standardised) can still be shared; check which domains hold cells of every section "
+                    "(tl.diagnose with domain_key) and look for a batch or platform effect.")
     shared = diag.get("shared_domains")
     if shared is not None and shared[1] > 0 and shared[0] <= 1:
         msgs.append(f"Only {shared[0]} of {shared[1]} domains hold at least {MIN_DOMAIN_SHARE:.0%} of every "

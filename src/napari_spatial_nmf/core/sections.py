@@ -298,7 +298,8 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
     spatial_key : str
         Coordinates' key.
     n_hvgs : int or None
-        HVGs per section (seurat_v3); None keeps all genes.
+        Highly variable genes (seurat_v3): per section, or ranked over the sections together
+        (``hvg``); None keeps all genes.
     min_genes, min_cells : int
         INSPIRE's QC: cells with fewer genes, genes in fewer cells are dropped per section
         (reported, with a warning when any cell is dropped).
