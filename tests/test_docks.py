@@ -142,13 +142,16 @@ def test_cancel_then_run_again_with_napari_pumping_events(make_napari_viewer, qt
 
 def test_inspire_cancel_is_answered_within_a_step(make_napari_viewer, qtbot):
     pytest.importorskip("torch")
+    from qtpy.QtCore import Qt
+
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "stahl_4_sections")
     w = _dock(viewer, "Integrate sections")
     w.method.value, w.n_steps.value, w.n_hvgs.value = "inspire", 100_000, 300
     steps = []
     w.run()
-    w.runner.worker.yielded.connect(lambda p: steps.append(p.step))
+    # counted in the worker thread as it yields (a queued connection lags behind on a loaded machine)
+    w.runner.worker.yielded.connect(lambda p: steps.append(p.step), Qt.ConnectionType.DirectConnection)
     qtbot.waitUntil(lambda: len(steps) > 0 and max(steps) >= 3, timeout=120_000)
     at_cancel = max(steps)
     w.runner.cancel()
