@@ -122,9 +122,14 @@ def test_cancel_then_run_again_with_napari_pumping_events(make_napari_viewer, qt
     w = _dock(viewer, "Pattern discovery (NMF)")
 
     def flood():  # as fast as a generator can yield: the signals queue up faster than they are handled
-        for i in range(20_000):
+        import time
+
+        i = 0
+        while True:  # until cancelled: 20,000 records at once, then a record every 10 ms
             yield Progress(i, 20_000, f"record {i}")
-        return None
+            i += 1
+            if i > 20_000:
+                time.sleep(0.01)
 
     w.runner.start(flood(), lambda _r: None, description="flood")
     for _ in range(200):  # a script driving napari pumps the event loop
