@@ -12,6 +12,16 @@ from napari_spatial_nmf import datasets
 
 
 @pytest.fixture(scope="session")
+def halves():
+    """The shipped osmFISH cells, the annotated ones, as two sections (left and right half)."""
+    a = datasets.osmfish()
+    a = a[(np.asarray(a.X.sum(1)).ravel() > 0) & (a.obs["region"] != "Excluded").to_numpy()].copy()
+    x = np.asarray(a.obsm["spatial"])[:, 0]
+    left = x < np.median(x)
+    return [a[left].copy(), a[~left].copy()]
+
+
+@pytest.fixture(scope="session")
 def allen():
     """(Stack, Atlas): Allen Pdyn + Nrp1 energy and the CCFv3 annotation, 200 µm grid."""
     return datasets.allen_200um()

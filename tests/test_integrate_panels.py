@@ -11,17 +11,8 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from napari_spatial_nmf import cli, datasets, tl
+from napari_spatial_nmf import cli, tl
 from napari_spatial_nmf.core.sections import prepare_sections
-
-
-@pytest.fixture(scope="module")
-def halves():
-    a = datasets.osmfish()
-    a = a[(np.asarray(a.X.sum(1)).ravel() > 0) & (a.obs["region"] != "Excluded").to_numpy()].copy()
-    x = np.asarray(a.obsm["spatial"])[:, 0]
-    left = x < np.median(x)
-    return [a[left].copy(), a[~left].copy()]
 
 
 def _lognorm(C, cols_for_library):

@@ -22,16 +22,6 @@ def barista(shared_data):
     return [ad.read_h5ad(folder / f"baristaseq_visp_slice{i}.h5ad") for i in (1, 2, 3)]
 
 
-@pytest.fixture(scope="module")
-def halves():
-    """The shipped osmFISH cells, the annotated ones, as two sections (left and right half)."""
-    a = datasets.osmfish()
-    a = a[(np.asarray(a.X.sum(1)).ravel() > 0) & (a.obs["region"] != "Excluded").to_numpy()].copy()
-    x = np.asarray(a.obsm["spatial"])[:, 0]
-    left = x < np.median(x)
-    return [a[left].copy(), a[~left].copy()]
-
-
 @pytest.mark.shared_data
 def test_single_cell_sections_get_neighbourhoods_from_their_own_distances(barista):
     """INSPIRE's rule (1.5 x the smallest distance in slice 1) leaves most BARISTAseq cells alone; the

@@ -450,8 +450,13 @@ def _dask_sweep(X, todo, params, scheduler, finish, score, counts):
             client.cancel(futures)
             raise
     finally:
-        if own is not None:
-            cluster = getattr(own, "cluster", None)
-            own.close()
-            if cluster is not None:
-                cluster.close()
+        close_own_client(own)
+
+
+def close_own_client(own) -> None:
+    """Close a dask client this package opened (and its local cluster); None: nothing to close."""
+    if own is not None:
+        cluster = getattr(own, "cluster", None)
+        own.close()
+        if cluster is not None:
+            cluster.close()

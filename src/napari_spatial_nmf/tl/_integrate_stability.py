@@ -273,6 +273,8 @@ def _relay_fit(sec, graph, method, k, seed, opts, done, total, kk, r, R):
 def _dask(sec, graph, method, todo, seed0, opts, scheduler, record, score, counts):
     from dask.distributed import Client, LocalCluster, as_completed
 
+    from ..core.stability import close_own_client
+
     own = None
     if isinstance(scheduler, Client):
         client = scheduler
@@ -295,11 +297,7 @@ def _dask(sec, graph, method, todo, seed0, opts, scheduler, record, score, count
             client.cancel(list(futures))
             raise
     finally:
-        if own is not None:
-            cluster = getattr(own, "cluster", None)
-            own.close()
-            if cluster is not None:
-                cluster.close()
+        close_own_client(own)
 
 
 def integrate_stability(sections, k_range, n_restarts: int = 5, **kwargs) -> ad.AnnData:
