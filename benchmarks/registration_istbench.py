@@ -13,8 +13,9 @@ log-normalised, six layers). Published (iSTBench): DLPFC SPACEL 0.876, PASTE 0.8
 0.757, STAligner 0.732; BARISTAseq SPACEL 0.980, GraphST 0.979, STalign 0.971, PASTE 0.962.
 
 * ours: ``tl.integrate`` (joint NNMF, the defaults) then ``tl.reconstruct_3d`` (mutual nearest
-  neighbours in a PCA of the shared genes, RANSAC rigid fit, refinement), which chains by
-  construction;
+  neighbours in a PCA of the shared genes, each cell's own scores beside its surroundings',
+  then a RANSAC rigid fit), which chains by construction; the seed moves the slices and seeds
+  the integration and RANSAC;
 * PASTE 1.4.0 (``pairwise_align`` on the pair's shared genes, then its generalised Procrustes
   step), chained in the same order.
 
@@ -91,13 +92,14 @@ def ours(secs, names, label, kwargs, seed):
     res = tl.integrate(secs, 12, section_names=names, random_state=seed, **kwargs)
     t_int = time.perf_counter() - t
     t = time.perf_counter()
-    tl.reconstruct_3d(res, spacing=10.0, um_per_unit=1.0)
+    table = tl.reconstruct_3d(res, spacing=10.0, um_per_unit=1.0, random_state=seed)
     t_reg = time.perf_counter() - t
     groups = res.obs["section"].astype(str).to_numpy()
     xy = np.asarray(res.obsm["spatial_aligned"])
     coords = [xy[groups == n] for n in names]
     labels = [res.obs[label].to_numpy()[groups == n] for n in names]
-    return score(coords, labels), t_int, t_reg
+    fits = table[["section", "inlier_fraction", "chance_inlier_fraction", "consistency_um"]].iloc[1:]
+    return {**score(coords, labels), "fits": fits.round(4).to_dict("records")}, t_int, t_reg
 
 
 def paste_chain(secs, label):
