@@ -143,6 +143,7 @@ def main(argv=None) -> int:
             if not a.no_paste:
                 row["paste"], row["seconds_paste"] = paste_chain(moved, label)
             result["rows"].append(row)
+            common.write(a, "registration_istbench", result)  # after every row: a long run that stops keeps them
             print(data, seed, {k: v["mean"] for k, v in row.items() if isinstance(v, dict)}, flush=True)
         rows = [r for r in result["rows"] if r["data"] == data]
         result[f"{data}_mean_sd"] = {m: common.mean_sd([r[m]["mean"] for r in rows])

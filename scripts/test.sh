@@ -13,7 +13,7 @@ say "Running the tests under a virtual display"
 export QT_QPA_PLATFORM=xcb QT_API=pyqt6 PYTEST_QT_API=pyqt6   # never 'offscreen': napari needs OpenGL
 unset DISPLAY || true                                         # pytest-xvfb starts its own Xvfb
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider -q "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -q --durations=25 "$@"
 rc=$?
 set -e
 [ $rc -eq 5 ] && { echo "pytest collected no tests"; exit 1; }

@@ -9,6 +9,7 @@ on their own samples, scale bars / colour bars / legends, and colouring cells by
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -279,6 +280,28 @@ def test_integration_dock_first_click_on_the_stahl_sample(make_napari_viewer, qt
     w.run()
     _wait(qtbot, w.runner, timeout=600_000)
     assert "integrated factors (sections side by side)" in viewer.layers, w.runner.status.text()
+    # the results (gene and column lists, legend, table) must not widen the page past the dock:
+    # before the fix the combo boxes took their longest entry's width and a horizontal scroll
+    # bar cut the dock's text off at the right
+    qtbot.wait(50)
+    assert w.page.minimumSizeHint().width() <= w.viewport().width(), (w.page.minimumSizeHint(), w.viewport().width())
+
+
+DOCKS = ["Pattern discovery (NMF)", "Stability (staNMF)", "Region correlation", "Neighbourhood NMF (cells)",
+         "Atlas analysis (osNMF)", "Integrate sections", "Colour cells by gene or column", "Fetch Allen ISH grids"]
+
+
+def test_no_dock_is_widened_by_a_long_layer_name(make_napari_viewer, qtbot):
+    from napari_spatial_nmf._widgets._base import DOCK_MIN_WIDTH
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "stahl_4_sections")
+    viewer.layers[0].name = "section " + "very long name " * 8
+    for title in DOCKS:
+        w = _dock(viewer, title)
+        qtbot.wait(20)
+        width = w.page.minimumSizeHint().width()
+        assert width <= DOCK_MIN_WIDTH + 60, f"{title}: the page needs {width} px"
 
 
 def test_nnmf_dock_first_click_on_the_osmfish_sample(make_napari_viewer, qtbot):
@@ -333,11 +356,14 @@ def test_integration_dock_chooses_k_by_stability_with_a_live_curve_and_cancel_ke
     qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
     kept = dict(w.plot.rows)
     assert kept and "integrated factors (sections side by side)" not in viewer.layers
+    messages, on_progress = [], w.runner._on_progress
+    # every message from the first one on (connected before the worker starts; the cancel may also
+    # have come after a restart of the next K had finished, so at least the kept K's fits)
+    w.runner._on_progress = lambda p: (messages.append(getattr(p, "message", "")), on_progress(p))
     w.run()  # the same sweep again: the finished fits come from the dock's store
-    messages = []
-    w.runner.worker.yielded.connect(lambda p: messages.append(p.message))
     _wait(qtbot, w.runner, timeout=600_000)
-    assert any(f"{2 * len(kept)} in the store" in m for m in messages), messages[:3]
+    stored = [int(m.group(1)) for m in map(re.compile(r"(\d+) in the store").search, messages) if m]
+    assert stored and stored[0] >= 2 * len(kept), messages[:3]
     assert sorted(w.plot.rows) == [3, 4, 5, 6], w.runner.status.text()
     best = w.result.adata.uns["integration_stability"]["best_k"]
     assert f"K = {best} chosen by stability" in w.runner.status.text()

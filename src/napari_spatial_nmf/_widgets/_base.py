@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 from qtpy.QtCore import QEvent, QSize, Qt, QTimer
-from qtpy.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFrame, QGridLayout, QLabel, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from ..results import REGISTRY
 
 DOCK_MIN_WIDTH = 340
+COMBO_MIN_CHARS = 14  # a combo box is at least this many characters wide, whatever its entries
 STOP_TEXT = {"tol": "converged", "gkl_rose": "stopped when the divergence rose (NNMF's rule)",
              "max_iter": "reached the iteration limit (raise max iterations to go on)"}
 
@@ -28,6 +29,12 @@ def is_deleted(obj) -> bool:
 
         return not shiboken6.isValid(obj)
     return sip.isdeleted(obj)
+
+
+def _fit_popup(combo: QComboBox) -> None:
+    """The open list of a combo box as wide as its longest entry (the box itself stays narrow)."""
+    if not is_deleted(combo):
+        combo.view().setMinimumWidth(combo.view().sizeHintForColumn(0) + 24)
 
 
 class Dock(QScrollArea):
@@ -75,7 +82,21 @@ class Dock(QScrollArea):
         return QSize(self._content_width(), super().sizeHint().height())
 
     def add(self, widget) -> None:
-        self.layout_.addWidget(getattr(widget, "native", widget))
+        native = getattr(widget, "native", widget)
+        if isinstance(native, QLabel):
+            native.setWordWrap(True)  # a line of text wraps rather than widening the dock
+        self.layout_.addWidget(native)
+        # a combo box sized to its longest entry (a gene list, a long layer name) would widen the
+        # whole page past the dock and push a horizontal scroll bar under it: size them to a
+        # readable minimum instead; the open list still shows whole entries
+        for combo in [native, *native.findChildren(QComboBox)]:
+            if isinstance(combo, QComboBox):
+                combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+                combo.setMinimumContentsLength(COMBO_MIN_CHARS)
+                model = combo.model()
+                for signal in (model.rowsInserted, model.modelReset):
+                    signal.connect(lambda *_a, c=combo: _fit_popup(c))
+                _fit_popup(combo)
 
     def runners(self) -> list:
         """The job runners of this dock."""

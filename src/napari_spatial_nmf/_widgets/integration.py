@@ -50,8 +50,11 @@ class IntegrationWidget(Dock):
         self.sections.native.setMaximumHeight(100)
         self.section_key = ComboBox(label="or section key", choices=self._key_choices, nullable=True)
         # joint NNMF first: seconds on a laptop, no PyTorch; INSPIRE trains for minutes on a CPU
-        self.method = ComboBox(label="method", choices=[("joint NNMF (CPU, seconds)", "joint_nnmf"),
-                                                        ("INSPIRE (PyTorch, minutes)", "inspire")])
+        self.method = ComboBox(label="method", choices=[("joint NNMF (CPU)", "joint_nnmf"),
+                                                        ("INSPIRE (PyTorch)", "inspire")],
+                               tooltip="joint NNMF: closed-form updates on the CPU, seconds to a minute for a few "
+                                       "thousand cells per section. INSPIRE: a graph neural network (PyTorch), "
+                                       "minutes on a CPU.")
         self.counts = ComboBox(label="values", choices=COUNTS_CHOICES)
         self.genes = ComboBox(label="genes", choices=GENES_CHOICES)
         self.n_factors = SpinBox(label="K (factors)", min=2, max=200, value=12)
