@@ -11,8 +11,8 @@ expression but far apart, e.g. two stretches of the same cortical layer).
 
 An iterative-closest-point refinement after RANSAC (each moving cell paired with the most
 similar fixed cell near its current position, refitted over shrinking radii) was measured on
-iSTBench's protocol and dropped: it lowered the layer match on DLPFC (0.873 -> 0.857) and
-on BARISTAseq (0.930 -> 0.925) (``benchmarks/registration_istbench.py``, docs/benchmarks.md).
+iSTBench's protocol and dropped: it lowered the layer match on DLPFC (0.873 -> 0.857, one
+seed) and did not raise it on BARISTAseq (``benchmarks/registration_istbench.py``).
 """
 
 from __future__ import annotations
