@@ -23,6 +23,7 @@ from __future__ import annotations
 import resource
 import time
 import warnings
+from inspect import signature
 
 import anndata as ad
 import benchmarks_common as common
@@ -77,6 +78,9 @@ def main(argv=None) -> int:
     ap.add_argument("-k", type=int, nargs="+", default=[12])
     ap.add_argument("--restarts", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--steps", type=int, default=1000, help="INSPIRE training steps")
+    ap.add_argument("--default-domains", action="store_true",
+                    help="score only cluster_domains' defaults, with and without the majority refinement "
+                         "(not every neighbourhood and scaling)")
     a = ap.parse_args(argv)
     if a.quick:  # the same code on tiny sizes (CI)
         a.seeds, a.k, a.restarts, a.steps = 2, [4], [2], 3
@@ -95,8 +99,11 @@ def main(argv=None) -> int:
                         res = tl.integrate(secs, K, method=method, random_state=seed * 100, n_restarts=R, **kwargs,
                                            **extra)
                         fit_s = time.perf_counter() - t
-                        for nb in ([()] if a.quick else SETTINGS[data]["neighbours"]):
-                            for scale in ("section", "none"):
+                        default = signature(tl.cluster_domains).parameters["neighbours"].default
+                        settings = ([()] if a.quick else [default] if a.default_domains
+                                    else SETTINGS[data]["neighbours"])
+                        for nb in settings:
+                            for scale in (("section",) if a.default_domains else ("section", "none")):
                                 for refine in (0, 6):
                                     t = time.perf_counter()
                                     tl.cluster_domains(res, n_dom, neighbours=nb, scale=scale, refine=refine,

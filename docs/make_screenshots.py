@@ -147,6 +147,6 @@ viewer.layers["integrated factors (sections side by side)"].visible = False
 shot(viewer, "09_integration_3d.png")
 
 # 10. K for the integration chosen by stability: the live curve in the dock
-integrate_stahl(viewer, by_stability=True, n_factors=4, k_max=8, n_restarts=3, n_steps=100)
+integrate_stahl(viewer, by_stability=True, n_factors=4, k_max=7, n_restarts=3, n_steps=100)
 shot(viewer, "10_integration_k_by_stability.png")
 viewer.close()
