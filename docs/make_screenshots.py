@@ -147,6 +147,7 @@ viewer.layers["integrated factors (sections side by side)"].visible = False
 shot(viewer, "09_integration_3d.png")
 
 # 10. K for the integration chosen by stability: the live curve in the dock
-integrate_stahl(viewer, by_stability=True, n_factors=4, k_max=7, n_restarts=3, n_steps=100)
+ig = integrate_stahl(viewer, by_stability=True, n_factors=4, k_max=7, n_restarts=3, n_steps=100)
+ig.ensureWidgetVisible(ig.plot, 0, 0)  # the dock scrolled down to the curve
 shot(viewer, "10_integration_k_by_stability.png")
 viewer.close()
