@@ -292,6 +292,8 @@ DOCKS = ["Pattern discovery (NMF)", "Stability (staNMF)", "Region correlation", 
 
 
 def test_no_dock_is_widened_by_a_long_layer_name(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QComboBox
+
     from napari_spatial_nmf._widgets._base import DOCK_MIN_WIDTH
 
     viewer = make_napari_viewer()
@@ -302,6 +304,9 @@ def test_no_dock_is_widened_by_a_long_layer_name(make_napari_viewer, qtbot):
         qtbot.wait(20)
         width = w.page.minimumSizeHint().width()
         assert width <= DOCK_MIN_WIDTH + 60, f"{title}: the page needs {width} px"
+        for combo in w.page.findChildren(QComboBox):  # the open lists still show whole entries
+            if any(combo.itemText(i) == viewer.layers[0].name for i in range(combo.count())):
+                assert combo.view().minimumWidth() >= combo.view().sizeHintForColumn(0), title
 
 
 def test_nnmf_dock_first_click_on_the_osmfish_sample(make_napari_viewer, qtbot):

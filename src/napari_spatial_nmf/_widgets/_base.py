@@ -95,7 +95,13 @@ class Dock(QScrollArea):
                 combo.setMinimumContentsLength(COMBO_MIN_CHARS)
                 model = combo.model()
                 for signal in (model.rowsInserted, model.modelReset):
-                    signal.connect(lambda *_a, c=combo: _fit_popup(c))
+                    signal.connect(self._fit_popups)  # a bound method: the connection keeps no dock alive
+                _fit_popup(combo)
+
+    def _fit_popups(self, *_args) -> None:
+        """Refit every combo box's open list (its entries changed)."""
+        if not is_deleted(self):
+            for combo in self.page.findChildren(QComboBox):
                 _fit_popup(combo)
 
     def runners(self) -> list:
