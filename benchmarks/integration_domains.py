@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     if a.quick:  # the same code on tiny sizes (CI)
         a.seeds, a.k, a.restarts, a.steps = 2, [4], [2], 3
     warnings.simplefilter("ignore")
+    default = signature(tl.cluster_domains).parameters["neighbours"].default  # --default-domains
     result = {"published": PUBLISHED, "settings": {k: str(v) for k, v in vars(a).items()}, "runs": []}
     for data in a.data:
         secs, labels, kwargs = load(data, a.quick)
@@ -99,7 +100,6 @@ def main(argv=None) -> int:
                         res = tl.integrate(secs, K, method=method, random_state=seed * 100, n_restarts=R, **kwargs,
                                            **extra)
                         fit_s = time.perf_counter() - t
-                        default = signature(tl.cluster_domains).parameters["neighbours"].default
                         settings = ([()] if a.quick else [default] if a.default_domains
                                     else SETTINGS[data]["neighbours"])
                         for nb in settings:

@@ -130,8 +130,8 @@ def align_pair(coords_moving: np.ndarray, emb_moving: np.ndarray, coords_fixed: 
     max_cells : int
         Cells sampled per section (the tutorial samples 20,000).
     residual_threshold : float, optional
-        RANSAC's inlier distance; default 1.5 times the typical distance between neighbouring
-        cells of the fixed section.
+        RANSAC's inlier distance; default 4 times the typical distance between neighbouring
+        cells of the fixed section (:func:`typical_spacing`).
     random_state : int
         Seed of the sampling and of RANSAC.
 
@@ -143,14 +143,12 @@ def align_pair(coords_moving: np.ndarray, emb_moving: np.ndarray, coords_fixed: 
         transform brings within the inlier distance when the pairs are shuffled: the fraction
         expected by chance), ``angle_deg`` (2-D: the rotation angle).
     """
-    from scipy.spatial import cKDTree
-
     rng = np.random.default_rng(random_state)
     im = rng.choice(len(coords_moving), min(max_cells, len(coords_moving)), replace=False)
     jf = rng.choice(len(coords_fixed), min(max_cells, len(coords_fixed)), replace=False)
     ia, ib = mnn_pairs(emb_moving[im], emb_fixed[jf], k=k)
     if residual_threshold is None:
-        residual_threshold = 4 * float(np.median(cKDTree(coords_fixed).query(coords_fixed, k=2)[0][:, 1]))
+        residual_threshold = 4 * typical_spacing(coords_fixed)
     moving, fixed = coords_moving[im][ia], coords_fixed[jf][ib]
     R, t, inl = rigid_fit(moving, fixed, residual_threshold=residual_threshold, random_state=random_state)
     # the inlier fraction the same transform gives pairs matched at random: what RANSAC finds by
