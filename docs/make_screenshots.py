@@ -143,6 +143,7 @@ shot(viewer, "08_integration.png")
 ig.spacing.value = 1000.0  # exaggerated for display (the sections' real spacing is not in the data)
 ig.um_per_unit.value = 200.0
 ig.reconstruct()
+wait(ig.runner)
 viewer.layers["integrated factors (sections side by side)"].visible = False
 shot(viewer, "09_integration_3d.png")
 

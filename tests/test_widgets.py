@@ -462,8 +462,13 @@ def test_integration_dock_on_stahl_sections_then_3d(make_napari_viewer, qtbot):
 
     w.spacing.value = 100.0
     w.um_per_unit.value = 200.0  # ST array units: one spot spacing is about 200 µm
-    w.reconstruct()
+    w.reconstruct()  # in a worker: the dock stays live, and the button waits for the job
+    assert not w.reconstruct_button.isEnabled()
+    _wait(qtbot, w.runner, timeout=120_000)
+    assert w.reconstruct_button.isEnabled()
     stack = viewer.layers["integrated sections in 3D (µm)"]
+    status = w.runner.status.text()  # each registration's quality, in words
+    assert status.startswith("3D: ") and status.count("matched pairs") == 3 and "directions agree" in status
     assert viewer.dims.ndisplay == 3 and len(stack.data) == n
     z = pd.Series(stack.data[:, 0]).groupby(stack.features["section"].to_numpy()).mean()
     np.testing.assert_allclose(np.diff(z.sort_index().to_numpy()), 100.0)

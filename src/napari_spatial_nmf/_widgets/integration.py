@@ -309,16 +309,24 @@ class IntegrationWidget(Dock):
         install(self.viewer).refresh()
 
     def reconstruct(self) -> None:
-        """Align adjacent sections (in the list's order) and add them stacked in 3D (µm)."""
-        if self.result is None:
+        """Align adjacent sections (in the list's order) in a worker thread, then add them
+        stacked in 3D (µm), with each registration's quality in the status and any weak fit
+        among the warnings.
+        """
+        if self.result is None or self.runner.running:
             return
+        self.reconstruct_button.setEnabled(False)
+        job = tl.iter_reconstruct_3d(self.result.adata, spacing=float(self.spacing.value),
+                                     um_per_unit=float(self.um_per_unit.value))
+        self.runner.start(job, self._show_3d, description="3D reconstruction")
+        self.runner.worker.finished.connect(self._reconstruct_finished)  # also after Cancel or an error
+
+    def _reconstruct_finished(self) -> None:
+        if not is_deleted(self):
+            self.reconstruct_button.setEnabled(self.result is not None)
+
+    def _show_3d(self, table: pd.DataFrame) -> None:
         adata = self.result.adata
-        try:
-            table = tl.reconstruct_3d(adata, spacing=float(self.spacing.value),
-                                      um_per_unit=float(self.um_per_unit.value))
-        except (ValueError, KeyError) as exc:
-            self.runner.fail(exc)
-            return
         xyz = np.asarray(adata.obsm["spatial_3d"])[:, ::-1]  # napari (z, y, x)
         feats = self.layer.features.copy()
         kw = {"name": "integrated sections in 3D (µm)", "features": feats, "size": max(self.layer.size.mean(), 1.0)
@@ -334,8 +342,16 @@ class IntegrationWidget(Dock):
         scene = getattr(self.viewer, "scene", None)
         (scene.camera if scene is not None else self.viewer.camera).angles = (-30.0, 30.0, 120.0)
         (scene.overlays.axes if scene is not None else self.viewer.axes).visible = True
-        self.runner.status.setText("3D: " + "; ".join(f"{r.section} rotated {r.angle_deg:.1f}°"
-                                                      for r in table.itertuples()))
+        self.runner.status.setText("3D: " + "; ".join(_registration_text(r) for r in table.iloc[1:].itertuples()))
+        weak = [str(w) for w in adata.uns.get("integration_registration", {}).get("warnings", [])]
+        self.diagnostics.setText("\n".join([_diagnostics_text(adata.uns["integration"],
+                                                              adata.uns.get("integration_stability")), *weak]))
+
+
+def _registration_text(r) -> str:
+    """One registration in words: the turn, what the fit rests on, and how well both directions agree."""
+    return (f"{r.section} turned {r.angle_deg:.1f}°, {r.inlier_fraction:.1%} of {r.n_pairs:,} matched pairs "
+            f"fit ({r.chance_inlier_fraction:.1%} by chance), the two directions agree to {r.consistency_um:.0f} µm")
 
 
 def _programs(adata) -> pd.DataFrame:

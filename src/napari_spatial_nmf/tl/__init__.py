@@ -42,7 +42,7 @@ from ._nnmf import (
     spatial_unit,
     spatially_variable_genes,
 )
-from ._reconstruct import reconstruct_3d
+from ._reconstruct import iter_reconstruct_3d, reconstruct_3d
 from ._regions import region_combinations, region_correlation
 from ._scores import cluster_domains, factor_scores, integration_scores
 from ._stability import iter_stability, stability
@@ -67,6 +67,7 @@ __all__ = [
     "iter_nmf",
     "iter_nnmf",
     "iter_osnmf_suite",
+    "iter_reconstruct_3d",
     "iter_stability",
     "marker_genes",
     "morans_i",
