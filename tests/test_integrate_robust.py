@@ -223,5 +223,9 @@ def test_field_refinement_undoes_a_small_misfit_on_real_cells():
     assert np.sqrt(np.mean(np.sum((moved - xy[b]) ** 2, axis=1))) < 0.5 * spacing
     stay = reg.refine_by_fields(xy[b], feats[1], xy[a], feats[0], np.eye(2), np.zeros(2))
     assert stay["shift"] < 0.5 * spacing
+    res = tl.integrate(datasets.stahl_breast_cancer()[:2], 4, max_iter=20, n_hvgs=None, tol=0.0)
+    with pytest.raises(TypeError, match="refine must be True or False"):
+        tl.reconstruct_3d(res, spacing=20.0, um_per_unit=200.0, refine="no")
+    assert "spatial_3d" not in res.obsm
     with pytest.raises(ValueError, match="2-D"):
         reg.refine_by_fields(np.c_[xy[b], xy[b][:, :1]], feats[1], xy[a], feats[0], np.eye(2), np.zeros(2))

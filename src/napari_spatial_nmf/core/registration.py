@@ -192,6 +192,11 @@ def refine_by_fields(coords_moving: np.ndarray, features_moving: np.ndarray, coo
     is a dense counterpart of the matched pairs: RANSAC (:func:`rigid_fit`) finds the right
     basin from a few hundred pairs, the fields place the transform within it using every cell.
 
+    Source: this project's method, not a port: the rigid, similarity-driven registration of
+    image registration (as STalign, Clifton et al. 2023, matches rasterised expression),
+    applied to point clouds through nearest-cell averages. Measured on iSTBench's protocol in
+    docs/integration.md (registration section) and ``benchmarks/registration_istbench.py``.
+
     Parameters
     ----------
     coords_moving, coords_fixed : numpy.ndarray, (n, 2)

@@ -187,8 +187,12 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
     ValueError
         3-D input, an unknown section, a spacing list of the wrong length, a unit that is
         not µm without ``um_per_unit``, too few matched cells.
+    TypeError
+        ``refine`` that is not True or False.
     """
     check_adata(adata)
+    if not isinstance(refine, (bool, np.bool_)):
+        raise TypeError(f"refine must be True or False; got {refine!r}.")
     C = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     sections = adata.obs[section_key]
     order = [str(s) for s in (order if order is not None else sections.cat.categories)]
