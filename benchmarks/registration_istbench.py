@@ -14,9 +14,10 @@ log-normalised, six layers). Published (iSTBench): DLPFC SPACEL 0.876, PASTE 0.8
 
 * ours: ``tl.integrate`` (joint NNMF, the defaults) then ``tl.reconstruct_3d`` (mutual nearest
   neighbours in a PCA of the shared genes, each cell's own scores beside its surroundings',
-  then a RANSAC rigid fit refined on the sections' factor fields), which chains by
-  construction; the seed moves the slices and seeds the integration and RANSAC. Also scored
-  from the same integration without the refinement (``ours_ransac``: RANSAC alone);
+  then a RANSAC rigid fit refined on the sections' feature fields: embedding and factor
+  surroundings), which chains by construction; the seed moves the slices and seeds the
+  integration and RANSAC. Also scored from the same integration without the refinement
+  (``ours_ransac``: RANSAC alone);
 * PASTE 1.4.0 (``pairwise_align`` on the pair's shared genes, then its generalised Procrustes
   step), chained in the same order.
 
