@@ -614,8 +614,11 @@ def main(argv=None) -> int:
     _INTERRUPTED.clear()
     default_hook = sys.unraisablehook
 
-    def quiet_interrupts(info):  # our KeyboardInterrupt inside a C callback: the flag stops the run instead
-        if not isinstance(info.exc_value, KeyboardInterrupt):
+    def quiet_interrupts(info):
+        # our KeyboardInterrupt inside a C callback (the flag stops the run instead); and once a signal
+        # came, the finalizers of objects it left half-built, which fail in turn (llvmlite's, when the
+        # signal lands while numba compiles): one line on stderr, not their tracebacks
+        if not isinstance(info.exc_value, KeyboardInterrupt) and not _INTERRUPTED:
             default_hook(info)
 
     sys.unraisablehook = quiet_interrupts
@@ -639,7 +642,8 @@ def main(argv=None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sys.unraisablehook = default_hook
+        if not (_INTERRUPTED and argv is None):  # an interrupted command-line process keeps it until it exits
+            sys.unraisablehook = default_hook
         warnings.formatwarning = previous_format
 
 
