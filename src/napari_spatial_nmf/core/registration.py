@@ -169,8 +169,13 @@ def align_pair(coords_moving: np.ndarray, emb_moving: np.ndarray, coords_fixed: 
     out = {"rotation": R, "translation": t, "n_pairs": len(ia), "n_inliers": int(inl.sum()),
            "chance_inlier_fraction": chance}
     if R.shape == (2, 2):
-        out["angle_deg"] = float(np.degrees(np.arctan2(R[1, 0], R[0, 0])))
+        out["angle_deg"] = angle_deg(R)
     return out
+
+
+def angle_deg(rotation: np.ndarray) -> float:
+    """The angle (degrees, counter-clockwise) of a 2-D rotation matrix."""
+    return float(np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0])))
 
 
 def _rotation(angle: float) -> np.ndarray:

@@ -17,7 +17,31 @@ from ._common import blocking, check_adata, store_result
 SURROUNDINGS = 15  # cells whose mean PCA scores describe a cell's surroundings (itself and ~2 rings)
 
 
-def _embedding(adata: ad.AnnData, key: str, groups: list[np.ndarray], coords: np.ndarray) -> tuple[np.ndarray, str]:
+def _surroundings(groups: list[np.ndarray], coords: np.ndarray) -> list[np.ndarray]:
+    """Per section of ``groups``: the indices (within the section) of each cell's
+    ``SURROUNDINGS`` nearest cells, itself included; computed once, used by the embedding and
+    by the fields.
+    """
+    from scipy.spatial import cKDTree
+
+    out = []
+    for m in groups:
+        n = int(m.sum())
+        k = min(SURROUNDINGS, n)
+        out.append(cKDTree(coords[m]).query(coords[m], k=k)[1].reshape(n, k))
+    return out
+
+
+def _around(values: np.ndarray, groups: list[np.ndarray], near: list[np.ndarray]) -> np.ndarray:
+    """Each cell's mean of ``values`` over its surroundings (cells outside ``groups`` keep their own)."""
+    out = values.copy()
+    for m, idx in zip(groups, near):
+        out[m] = values[m][idx].mean(axis=1)
+    return out
+
+
+def _embedding(adata: ad.AnnData, key: str, groups: list[np.ndarray],
+               near: list[np.ndarray]) -> tuple[np.ndarray, str]:
     """INSPIRE's latent space if present (its graph encoder already sees each cell's
     neighbours); else each cell's top 30 principal components of the log-normalised shared
     genes beside the mean of those over its ``SURROUNDINGS`` nearest cells of its own section.
@@ -31,23 +55,17 @@ def _embedding(adata: ad.AnnData, key: str, groups: list[np.ndarray], coords: np
         return np.asarray(adata.obsm[f"X_{key}_latent"], dtype=np.float64), "latent"
     if f"X_{key}" not in adata.obsm:
         raise KeyError(f"No integration result {key!r} (obsm['X_{key}']): run tl.integrate first.")
-    from scipy.spatial import cKDTree
     from sklearn.decomposition import PCA
 
     X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     L = np.log1p(X / np.maximum(X.sum(axis=1, keepdims=True), 1e-12) * 1e4)
     n = min(30, L.shape[1] - 1, L.shape[0] - 1)
     E = PCA(n, random_state=0).fit_transform(L)
-    around = E.copy()  # sections outside `groups` keep their own scores (they are not aligned)
-    for m in groups:
-        k = min(SURROUNDINGS, int(m.sum()))
-        idx = cKDTree(coords[m]).query(coords[m], k=k)[1].reshape(int(m.sum()), k)
-        around[m] = E[m][idx].mean(axis=1)
-    return np.hstack([E, around]), (f"PCA of log-normalised shared genes, each cell's own and the mean of its "
-                                    f"{SURROUNDINGS} nearest cells'")
+    basis = f"PCA of log-normalised shared genes, each cell's own and the mean of its {SURROUNDINGS} nearest cells'"
+    return np.hstack([E, _around(E, groups, near)]), basis
 
 
-def _fields(adata: ad.AnnData, key: str, groups: list[np.ndarray], coords: np.ndarray,
+def _fields(adata: ad.AnnData, key: str, groups: list[np.ndarray], near: list[np.ndarray],
             embedding: np.ndarray) -> np.ndarray:
     """The features whose fields :func:`~napari_spatial_nmf.core.registration.refine_by_fields`
     matches between sections: each cell's registration embedding beside its surroundings in
@@ -60,14 +78,7 @@ def _fields(adata: ad.AnnData, key: str, groups: list[np.ndarray], coords: np.nd
     0.928 and 0.829 (they pull spot sections off the layers), the embedding alone 0.897 and
     0.874, both together 0.918 ± 0.008 and 0.871 ± 0.002.
     """
-    from scipy.spatial import cKDTree
-
-    W = np.asarray(adata.obsm[f"X_{key}"], dtype=np.float64)
-    around = W.copy()
-    for m in groups:
-        k = min(SURROUNDINGS, int(m.sum()))
-        idx = cKDTree(coords[m]).query(coords[m], k=k)[1].reshape(int(m.sum()), k)
-        around[m] = W[m][idx].mean(axis=1)
+    around = _around(np.asarray(adata.obsm[f"X_{key}"], dtype=np.float64), groups, near)
 
     def unit(X):
         return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
@@ -202,8 +213,9 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
     gaps, um_per_unit = check_stacking(len(order), C.shape[1], adata.uns.get("spatial_unit"), spacing, um_per_unit)
     lab = sections.astype(str).to_numpy()
     masks = [lab == s for s in order]
-    E, basis = _embedding(adata, key, masks, C)
-    F = _fields(adata, key, masks, C, E) if refine else None
+    near = _surroundings(masks, C)
+    E, basis = _embedding(adata, key, masks, near)
+    F = _fields(adata, key, masks, near, E) if refine else None
     aligned = C.copy()
     rows = [{"section": order[0], "z_um": 0.0, "angle_deg": 0.0, "tx": 0.0, "ty": 0.0, "n_pairs": 0, "n_inliers": 0,
              "inlier_fraction": np.nan, "chance_inlier_fraction": np.nan, "refine_shift_um": np.nan,
@@ -223,7 +235,7 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
                                          random_state=random_state)
             shift = better["shift"] * um_per_unit
             fit = {**fit, "rotation": better["rotation"], "translation": better["translation"],
-                   "angle_deg": float(np.degrees(np.arctan2(better["rotation"][1, 0], better["rotation"][0, 0])))}
+                   "angle_deg": _R.angle_deg(better["rotation"])}
             back_better = _R.refine_by_fields(aligned[prev], F[prev], C[cur], F[cur], back["rotation"],
                                               back["translation"], random_state=random_state)
             back = {**back, "rotation": back_better["rotation"], "translation": back_better["translation"]}
