@@ -53,6 +53,7 @@ def load(name: str, quick: bool):
     if quick:
         secs = [s[:400].copy() for s in secs[:2]]
         kwargs["section_names"] = kwargs["section_names"][:2]
+        kwargs["max_iter"] = 30
     return secs, labels, kwargs
 
 

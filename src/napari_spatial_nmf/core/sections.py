@@ -398,7 +398,9 @@ def prepare_sections(adatas, names, *, layer: str | None = None, spatial_key: st
                           "unmeasured ones are imputed).", UserWarning, stacklevel=4)
     model_genes = shared if genes == "shared" else sorted(set.union(*hvgs))
     # a section measured a model gene if the gene passed its QC (selected there or not: its counts are data)
-    measured = np.array([[g in set(b.var_names) for g in model_genes] for b in kept])
+    panel_sets = [set(b.var_names) for b in kept]
+    measured = np.array([[g in p for g in model_genes] for p in panel_sets],
+                        dtype=bool).reshape(len(kept), len(model_genes))
     pos = {g: j for j, g in enumerate(model_genes)}
     out_counts, lognorm, library, coords, obs = [], [], [], [], []
     for b, n, m in zip(kept, names, measured):
