@@ -1,6 +1,6 @@
 """Gene panels that differ, and K chosen by stability, for integration (issue 23).
 
-Four experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. over seeds:
+Five experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. over seeds:
 
 ``heldout``
     Held-out genes. Two sections of one technology (DLPFC Visium 151673 + 151674, raw UMI
@@ -20,6 +20,13 @@ Four experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. ove
     align (ARI of both sections within 0.05 of the integration with every gene), the hidden
     genes of 151674 are imputed (median r against the k-NN baselines), and the K chosen by
     stability must be the number of layers (7) within ±2.
+``panel_loss``
+    Where the panel section's ARI goes (seed 0): how much of 151674's layers a logistic
+    regression from the labels reads in its thinned panel (each spot beside its 6, 18 and 54
+    nearest spots; random and spatially blocked folds) against a PCA of all its genes; programs
+    fitted on 151673 alone with the panel section's weights fitted on their panel part
+    (reference mapping, LIGER-style); and, for both fits, the sections' mixing and the domains
+    clustered over both sections or one section at a time.
 ``crosstech``
     Two technologies, two cortical areas, one laminar plan: BARISTAseq VISp (3 slices, 79
     genes) and osmFISH SSp (33 genes; Codeluppi et al. 2018), which share 9 genes. The
@@ -39,7 +46,7 @@ cross-technology: every layer present in both maps mostly (> 50 %) to shared dom
 data set's ARI after integration ≥ alone; DLPFC: stability-chosen K within 0.02 ARI of the
 best fixed K.
 
-    python benchmarks/integration_panels.py                    # all four, 3 seeds
+    python benchmarks/integration_panels.py                    # all five, 3 seeds
     python benchmarks/integration_panels.py --parts heldout panel --seeds 5
     python benchmarks/integration_panels.py --parts dlpfc_k_fixed --out k_fixed.json  # fixed K, 3 restarts
     python benchmarks/integration_panels.py --quick
@@ -230,25 +237,35 @@ def thin(X: sp.csr_matrix, efficiency: np.ndarray, rng) -> sp.csr_matrix:
     return X
 
 
-def panel_sim(a, log) -> dict:
+def panel_sections(quick: bool):
+    """DLPFC 151673 (all genes), 151674, its panel (its most variable genes) and the layers key."""
     import scanpy as sc
 
-    secs, labels = dlpfc(DLPFC[:2], a.quick)
-    names = DLPFC[:2]
-    n_layers = len({v for s in secs for v in s.obs[labels].dropna().astype(str)})
-    n_panel = 30 if a.quick else 100
+    secs, labels = dlpfc(DLPFC[:2], quick)
     B = secs[1].copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sc.pp.highly_variable_genes(B, flavor="seurat_v3", n_top_genes=n_panel)
-    panel = list(B.var_names[B.var["highly_variable"].to_numpy()])
+        sc.pp.highly_variable_genes(B, flavor="seurat_v3", n_top_genes=30 if quick else 100)
+    return secs, list(B.var_names[B.var["highly_variable"].to_numpy()]), labels
+
+
+def panel_section(sec: ad.AnnData, panel: list[str], seed: int) -> ad.AnnData:
+    """The section cut to the panel, each gene's counts thinned by its capture efficiency."""
+    rng = np.random.default_rng(seed)
+    eff = np.clip(0.3 * rng.lognormal(0.0, 0.5, size=len(panel)), 0, 1)
+    Bp = sec[:, panel].copy()
+    Bp.X = thin(Bp.X, eff, rng).astype(np.float32)
+    return Bp
+
+
+def panel_sim(a, log) -> dict:
+    secs, panel, labels = panel_sections(a.quick)
+    names = DLPFC[:2]
+    n_layers = len({v for s in secs for v in s.obs[labels].dropna().astype(str)})
     hidden = [g for g in secs[1].var_names if g not in set(panel)]
     rows, ks = [], []
     for seed in range(a.seeds):
-        rng = np.random.default_rng(seed)
-        eff = np.clip(0.3 * rng.lognormal(0.0, 0.5, size=len(panel)), 0, 1)
-        Bp = secs[1][:, panel].copy()
-        Bp.X = thin(Bp.X, eff, rng).astype(np.float32)
+        Bp = panel_section(secs[1], panel, seed)
         full = tl.integrate(secs, a.k, n_hvgs=None, section_names=names, random_state=seed, max_iter=a.max_iter)
         t = time.perf_counter()
         sim = tl.integrate([secs[0], Bp], a.k, genes="union", n_hvgs=None, section_names=names,
@@ -285,6 +302,87 @@ def panel_sim(a, log) -> dict:
                        .to_dict(orient="records")})
             log(f"panel seed {seed}: K by stability {sweep['best_k']} (layers {n_layers})")
     return {"n_panel": len(panel), "n_hidden": len(hidden), "n_layers": n_layers, "rows": rows, "stability": ks}
+
+
+def panel_loss(a, log) -> dict:
+    """Where the panel section's ARI goes (seed 0): the layer information its genes carry (a
+    logistic regression from the labels, cross-validated), programs fitted on the full section
+    alone with the panel section's weights fitted on their panel part (reference mapping), and
+    the domains of the union fit clustered over both sections or one section at a time."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    from napari_spatial_nmf.core import joint_nnmf as jn
+    from napari_spatial_nmf.core import nnmf as nn
+    from napari_spatial_nmf.core._progress import drain
+    from napari_spatial_nmf.core.diagnostics import mixing_score
+    from napari_spatial_nmf.core.domains import neighbourhood_features
+
+    secs, panel, labels = panel_sections(a.quick)
+    names, seed = DLPFC[:2], 0
+    n_layers = len({v for s in secs for v in s.obs[labels].dropna().astype(str)})
+    Bp = panel_section(secs[1], panel, seed)
+    out: dict = {"seed": seed}
+
+    # 1. what the panel carries: a supervised read-out of 151674's layers (an upper reference, labels used)
+    y = secs[1].obs[labels].astype(str).to_numpy()
+    ok = secs[1].obs[labels].notna().to_numpy()
+    xy = np.asarray(secs[1].obsm["spatial"], dtype=np.float64)[:, :2]
+    sections = np.zeros(len(xy))
+    blocks = (np.digitize(xy[:, 0], np.quantile(xy[:, 0], [1 / 3, 2 / 3])) * 3
+              + np.digitize(xy[:, 1], np.quantile(xy[:, 1], [1 / 3, 2 / 3])))
+    n_pcs = min(50, secs[1].n_vars - 1, secs[1].n_obs - 1)
+    described = {"all genes (PCA)": PCA(n_pcs, random_state=0).fit_transform(lognorm(counts_of(secs[1]))),
+                 "panel, thinned": lognorm(counts_of(Bp))}
+    out["supervised"] = {}
+    for what, L in described.items():
+        F = np.hstack([L, neighbourhood_features(L, xy, sections, (6, 18, 54))])
+        F = (F - F.mean(0)) / (F.std(0) + 1e-9)
+        folds = {"random 5-fold": {"cv": 5}, "9 spatial blocks": {"cv": GroupKFold(9), "groups": blocks[ok]}}
+        for cv_name, kw in folds.items():
+            pred = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), F[ok], y[ok], **kw)
+            out["supervised"][f"{what}, {cv_name}"] = round(clustering_scores(y[ok], pred)["ari"], 4)
+    log(f"panel_loss: supervised layer ARI {out['supervised']}")
+
+    # 2. reference mapping: programs from 151673 alone, 151674's weights (and gene scaling) on their panel part
+    def kernel(sec):
+        C = np.asarray(sec.obsm["spatial"], dtype=np.float64)[:, :2]
+        return nn.spatial_kernel(C, nn.resolve_lengthscale(C, None), 0.1).S
+
+    X0 = nn.normalize_cells(sp.csr_matrix(counts_of(secs[0]), dtype=np.float64))
+    ref = drain(jn.iter_fit_joint(X0, [(0, X0.shape[0])], a.k, kernel(secs[0]), max_iter=a.max_iter,
+                                  random_state=seed, warn=False))
+    var0 = list(secs[0].var_names)
+    Hp = np.ascontiguousarray(ref.signatures.T[[var0.index(g) for g in panel]])
+    X1 = nn.normalize_cells(sp.csr_matrix(counts_of(Bp), dtype=np.float64))
+    S1, col_sums = kernel(Bp), np.asarray(X1.sum(axis=0)).ravel()
+    W1 = np.random.default_rng(seed).uniform(size=(X1.shape[0], a.k)) + 0.1
+    c1 = np.ones((1, len(panel)))
+    for _ in range(a.max_iter):  # the joint NNMF iteration with the programs held: W step, γ step, smoothing
+        jn._w_update([X1], [W1], Hp, c1)
+        c1[0] = np.maximum(col_sums / np.maximum(W1.sum(axis=0) @ Hp.T, 1e-12), 1e-12)
+        nn._smooth(S1.indptr, S1.indices, S1.data, W1, nn._N_CHUNKS)
+        nn._clamp(W1)
+    mapped = ad.concat([secs[0], Bp], join="inner", label="section", keys=names, index_unique="-")
+    mapped.obs["section"] = pd.Categorical(mapped.obs["section"], categories=names)
+    mapped.obsm["X_integration"] = np.vstack([w / w.sum(axis=1, keepdims=True) for w in (ref.weights, W1)])
+    union = tl.integrate([secs[0], Bp], a.k, genes="union", n_hvgs=None, section_names=names,
+                         random_state=seed, max_iter=a.max_iter)
+    for name, res in (("mapping", mapped), ("union", union)):
+        sec = res.obs["section"].to_numpy()  # mixing as tl.diagnose scores it: proportions standardised per section
+        row = {"mixing": round(mixing_score(standardise(np.asarray(res.obsm["X_integration"]), sec), sec), 4)}
+        tl.cluster_domains(res, n_layers, key_added="d")
+        row["shared_domains"] = section_ari(res, labels)
+        row["one_section_at_a_time"] = {}
+        for s in names:
+            one = res[(res.obs["section"] == s).to_numpy()].copy()
+            one.obs["section"] = pd.Categorical(one.obs["section"].astype(str), categories=[s])
+            tl.cluster_domains(one, n_layers, key_added="d")
+            row["one_section_at_a_time"].update(section_ari(one, labels))
+        out[name] = row
+        log(f"panel_loss: {name} {row}")
+    return out
 
 
 def crosstech(a, log) -> dict:
@@ -403,8 +501,8 @@ def dlpfc_k_fixed(a, log) -> dict:
     return {"restarts": a.restarts, "consensus": out}
 
 
-PARTS = {"heldout": heldout, "panel": panel_sim, "crosstech": crosstech, "dlpfc_k": dlpfc_k,
-         "dlpfc_k_fixed": dlpfc_k_fixed}
+PARTS = {"heldout": heldout, "panel": panel_sim, "panel_loss": panel_loss, "crosstech": crosstech,
+         "dlpfc_k": dlpfc_k, "dlpfc_k_fixed": dlpfc_k_fixed}
 
 
 def main(argv=None) -> int:
