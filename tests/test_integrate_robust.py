@@ -139,6 +139,18 @@ def test_a_failed_cross_technology_run_ends_with_a_warning(shared_data, halves):
     assert res.uns["integration"]["qc"]["n_shared_genes"] == 9
 
 
+def test_poor_mixing_of_very_unequal_panels_points_to_the_shared_genes():
+    """The rule behind the warning (measured on the DLPFC panel simulation, docs/integration.md):
+    poor mixing with one panel at least 10x smaller than another names both and the way out."""
+    from napari_spatial_nmf.core.diagnostics import integration_warnings
+
+    unequal = " ".join(integration_warnings({"mixing": 0.04, "panel_sizes": {"151673": 5000, "151674": 100}}))
+    assert "barely mix" in unequal and "'151674' measured 100 genes" in unequal and "genes='shared'" in unequal
+    assert "unequal" not in " ".join(integration_warnings({"mixing": 0.04}))  # one panel for all
+    assert "unequal" not in " ".join(integration_warnings({"mixing": 0.04, "panel_sizes": {"a": 79, "b": 33}}))
+    assert not integration_warnings({"mixing": 0.5, "panel_sizes": {"151673": 5000, "151674": 100}})
+
+
 def test_weak_registrations_are_flagged():
     parts = datasets.stahl_breast_cancer()[:2]
     res = tl.integrate(parts, 6, max_iter=50, n_hvgs=None, tol=0.0)

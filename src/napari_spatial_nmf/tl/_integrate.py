@@ -403,7 +403,8 @@ def diagnose(adata: ad.AnnData, key: str = "integration", *, domain_key: str | N
     -------
     dict
         ``factor_usage`` (sections x factors), ``section_specific`` ({factor: section}),
-        ``mixing`` (0 apart ... 1 mixed), ``shared_domains`` (shared, all), ``warnings``.
+        ``mixing`` (0 apart ... 1 mixed), ``shared_domains`` (shared, all), ``panel_sizes``
+        ({section: genes measured}, a ``genes="union"`` run), ``warnings``.
     """
     import warnings as _w
 
@@ -423,6 +424,9 @@ def diagnose(adata: ad.AnnData, key: str = "integration", *, domain_key: str | N
             "mixing": dg.mixing_score(emb, sections)}
     if domain_key is not None and domain_key in adata.obs:
         diag["shared_domains"] = dg.shared_domains(adata.obs[domain_key].to_numpy(), sections)
+    panels = adata.uns[key].get("panels")  # genes x sections, a union-of-panels run
+    if panels is not None:
+        diag["panel_sizes"] = {str(c): int(np.asarray(panels[c]).sum()) for c in panels.columns}
     diag["warnings"] = dg.integration_warnings(diag)
     adata.uns[key]["diagnostics"] = diag
     if warn:
