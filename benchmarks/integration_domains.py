@@ -37,6 +37,7 @@ PUBLISHED = {"dlpfc": {"INSPIRE (own notebook)": [0.576, 0.643, 0.614, 0.614], "
                        [0.638, 0.610, 0.630, 0.559]},
              "barista": {"MENDER (iSTBench, pooled)": 0.701, "GraphST+PASTE (pooled)": 0.608,
                          "BANKSY (pooled)": 0.606}}
+PREVIOUS_DEFAULT = (18, 54)  # cluster_domains' neighbours before (12, 36, 108); --default-domains scores both
 SETTINGS = {"dlpfc": {"neighbours": [(), (18,), (18, 54)]}, "barista": {"neighbours": [(), (18,), (30, 90)]}}
 
 
@@ -80,8 +81,8 @@ def main(argv=None) -> int:
     ap.add_argument("--restarts", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--steps", type=int, default=1000, help="INSPIRE training steps")
     ap.add_argument("--default-domains", action="store_true",
-                    help="score only cluster_domains' defaults, with and without the majority refinement "
-                         "(not every neighbourhood and scaling)")
+                    help="score only cluster_domains' defaults (and the previous default neighbours, 18 54), "
+                         "with and without the majority refinement (not every neighbourhood and scaling)")
     a = ap.parse_args(argv)
     if a.quick:  # the same code on tiny sizes (CI)
         a.seeds, a.k, a.restarts, a.steps = 2, [4], [2], 3
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
                         res = tl.integrate(secs, K, method=method, random_state=seed * 100, n_restarts=R, **kwargs,
                                            **extra)
                         fit_s = time.perf_counter() - t
-                        settings = ([()] if a.quick else [default] if a.default_domains
+                        settings = ([()] if a.quick else [default, PREVIOUS_DEFAULT] if a.default_domains
                                     else SETTINGS[data]["neighbours"])
                         for nb in settings:
                             for scale in (("section",) if a.default_domains else ("section", "none")):

@@ -241,3 +241,45 @@ def test_field_refinement_undoes_a_small_misfit_on_real_cells():
     assert "spatial_3d" not in res.obsm
     with pytest.raises(ValueError, match="2-D"):
         reg.refine_by_fields(np.c_[xy[b], xy[b][:, :1]], feats[1], xy[a], feats[0], np.eye(2), np.zeros(2))
+
+
+def test_neighbourhood_features_by_chunks_equal_the_neighbour_averages(halves, monkeypatch):
+    """The multi-range description (one k-d tree query at the largest k, in chunks) equals the
+    row-stochastic k-nearest-cell averages, range by range, on the osmFISH halves' real positions;
+    a range above a section's size averages the whole section."""
+    from napari_spatial_nmf.core import domains as D
+
+    cells = ad.concat(halves, label="half")
+    rng = np.random.default_rng(0)
+    # the file repeats some cells at one position, so neighbours tie in distance and either of a tied
+    # pair is a k-th nearest; a jitter of a thousandth of a µm makes the k nearest one set
+    C = np.asarray(cells.obsm["spatial"], dtype=float) + rng.uniform(-1e-3, 1e-3, (cells.n_obs, 2))
+    sec, E = cells.obs["half"].to_numpy(), rng.random((cells.n_obs, 3))
+    monkeypatch.setattr(D, "CHUNK", 257)  # several chunks per section, the last one short
+    big = int(max(np.bincount(pd.factorize(sec)[0]))) + 5
+    got = D.neighbourhood_features(E, C, sec, (1, 12, 108, big))
+    want = np.hstack([D.neighbour_matrix(C, sec, k) @ E for k in (1, 12, 108, big)])
+    np.testing.assert_allclose(got, want, atol=1e-10)
+    np.testing.assert_allclose(got[:, :3], E)  # one cell: itself
+
+
+def test_neighbourhoods_on_a_lattice_take_whole_rings_whatever_the_cell_order():
+    """On the Ståhl ST array positions (the spots' coordinates rounded to the array's square grid:
+    4 spots at one distance, 4 at the next...) the k nearest spots tie; every spot as near as the
+    k-th counts, so the description does not depend on the order of the cells (which one of a tied
+    ring a k-d tree returns does)."""
+    from napari_spatial_nmf.core import domains as D
+
+    sec = datasets.stahl_breast_cancer()[0]
+    C = np.round(np.asarray(sec.obsm["spatial"], dtype=float))
+    assert len(np.unique(C, axis=0)) == sec.n_obs
+    E = np.random.default_rng(0).random((sec.n_obs, 4))
+    order = np.random.default_rng(1).permutation(sec.n_obs)
+    a = D.neighbourhood_features(E, C, np.zeros(sec.n_obs), (4, 12))
+    b = D.neighbourhood_features(E[order], C[order], np.zeros(sec.n_obs), (4, 12))
+    np.testing.assert_allclose(b[np.argsort(order)], a, atol=1e-12)
+    # an interior spot of the grid: itself and its 4 nearest at k = 4 (a ring of 4 is whole at k = 5)
+    d = np.sort(np.linalg.norm(C[:, None] - C[None], axis=2), axis=1)
+    inner = np.flatnonzero((d[:, 1] == d[:, 4]) & (d[:, 4] < d[:, 5]))[0]
+    ring = np.argsort(np.linalg.norm(C - C[inner], axis=1), kind="stable")[:5]
+    np.testing.assert_allclose(a[inner, :4], E[ring].mean(axis=0))

@@ -534,9 +534,9 @@ def parser() -> argparse.ArgumentParser:
     ig.add_argument("--restarts", type=int,
                     help="fits from successive seeds, programs matched and averaged (a consensus; default 1, "
                          "with --k-min/--k-max 5 per K)")
-    ig.add_argument("--neighbours", type=int, nargs="*", default=[18, 54], metavar="K",
-                    help="domains: nearest cells whose mean describes each cell, one range per value (default 18 54; "
-                         "none: each cell by itself)")
+    ig.add_argument("--neighbours", type=int, nargs="*", default=[12, 36, 108], metavar="K",
+                    help="domains: nearest cells whose mean describes each cell, one range per value (default 12 36 "
+                         "108; none: each cell by itself)")
     ig.add_argument("--scale", choices=["section", "none"], default="section",
                     help="domains: standardise each section's embedding first (default section)")
     ig.add_argument("--refine", type=int, default=0, metavar="K",

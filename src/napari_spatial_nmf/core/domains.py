@@ -58,10 +58,41 @@ def neighbour_matrix(coords: np.ndarray, sections, k: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
+CHUNK = 8192  # cells per nearest-neighbour query: bounds the (chunk, k, d) gather
+TIE_MARGIN = 24  # extra neighbours queried so that cells tied with the k-th nearest are all found
+TIE_RTOL = 1e-9  # distances within this relative tolerance of the k-th nearest tie with it
+
+
 def neighbourhood_features(E: np.ndarray, coords: np.ndarray, sections, neighbours) -> np.ndarray:
-    """The embedding averaged over each cell's k nearest cells (same section), for each k, side by side."""
+    """The embedding averaged over each cell's k nearest cells (same section, itself included),
+    for each k, side by side: (n, len(neighbours) * d).
+
+    The k nearest are taken with their ties: every cell as near as the k-th nearest counts
+    (up to ``TIE_MARGIN`` more), so on a lattice (Visium spots, where rings of 6 cells are
+    equidistant) the neighbourhood is whole rings and does not depend on the cells' order.
+    Without this, which of a tied ring's cells the k-d tree returned moved DLPFC's domain ARI by
+    up to 0.025. One query per chunk of cells at the largest k serves every range, so memory
+    stays at one chunk's gather whatever the size.
+    """
     E = np.asarray(E, dtype=np.float64)
-    return np.hstack([neighbour_matrix(coords, sections, int(k)) @ E for k in neighbours])
+    C = np.asarray(coords, dtype=np.float64)
+    ks = [int(k) for k in neighbours]
+    n, d = E.shape
+    out = np.empty((n, len(ks) * d))
+    for idx in _groups(sections):
+        kq = int(min(max(ks) + TIE_MARGIN, len(idx)))
+        tree = cKDTree(C[idx])
+        for start in range(0, len(idx), CHUNK):
+            rows = idx[start:start + CHUNK]
+            dist, nbr = tree.query(C[rows], k=kq, workers=-1)
+            dist, nbr = np.asarray(dist).reshape(len(rows), kq), np.asarray(nbr).reshape(len(rows), kq)
+            total = np.cumsum(E[idx[nbr]], axis=1)  # (chunk, kq, d): sums over the nearest 1..kq
+            for j, k in enumerate(ks):
+                k = min(k, kq)
+                limit = dist[:, k - 1] * (1 + TIE_RTOL) + 1e-12
+                count = (dist <= limit[:, None]).sum(axis=1)  # k, or more where cells tie with the k-th
+                out[rows, j * d:(j + 1) * d] = total[np.arange(len(rows)), count - 1] / count[:, None]
+    return out
 
 
 def refine_labels(labels: np.ndarray, coords: np.ndarray, sections, k: int) -> np.ndarray:
