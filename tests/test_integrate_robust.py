@@ -255,7 +255,7 @@ def test_neighbourhood_features_by_chunks_equal_the_neighbour_averages(halves, m
     # pair is a k-th nearest; a jitter of a thousandth of a µm makes the k nearest one set
     C = np.asarray(cells.obsm["spatial"], dtype=float) + rng.uniform(-1e-3, 1e-3, (cells.n_obs, 2))
     sec, E = cells.obs["half"].to_numpy(), rng.random((cells.n_obs, 3))
-    monkeypatch.setattr(D, "CHUNK", 257)  # several chunks per section, the last one short
+    monkeypatch.setattr(D, "CHUNK_VALUES", 1 << 20)  # chunks of ~110 cells here, the last one short
     big = int(max(np.bincount(pd.factorize(sec)[0]))) + 5
     got = D.neighbourhood_features(E, C, sec, (1, 12, 108, big))
     want = np.hstack([D.neighbour_matrix(C, sec, k) @ E for k in (1, 12, 108, big)])

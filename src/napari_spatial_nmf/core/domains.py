@@ -58,7 +58,7 @@ def neighbour_matrix(coords: np.ndarray, sections, k: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
-CHUNK = 8192  # cells per nearest-neighbour query: bounds the (chunk, k, d) gather
+CHUNK_VALUES = 1 << 22  # values per gathered (cells, k, d) block: 32 MB, whatever k and the embedding's width
 TIE_MARGIN = 24  # extra neighbours queried so that cells tied with the k-th nearest are all found
 TIE_RTOL = 1e-9  # distances within this relative tolerance of the k-th nearest tie with it
 
@@ -71,8 +71,8 @@ def neighbourhood_features(E: np.ndarray, coords: np.ndarray, sections, neighbou
     (up to ``TIE_MARGIN`` more), so on a lattice (Visium spots, where rings of 6 cells are
     equidistant) the neighbourhood is whole rings and does not depend on the cells' order.
     Without this, which of a tied ring's cells the k-d tree returned moved DLPFC's domain ARI by
-    up to 0.025. One query per chunk of cells at the largest k serves every range, so memory
-    stays at one chunk's gather whatever the size.
+    up to 0.025. One query per chunk of cells at the largest k serves every range, and a chunk
+    gathers at most ``CHUNK_VALUES`` values, so memory does not grow with the number of cells.
     """
     E = np.asarray(E, dtype=np.float64)
     C = np.asarray(coords, dtype=np.float64)
@@ -82,8 +82,9 @@ def neighbourhood_features(E: np.ndarray, coords: np.ndarray, sections, neighbou
     for idx in _groups(sections):
         kq = int(min(max(ks) + TIE_MARGIN, len(idx)))
         tree = cKDTree(C[idx])
-        for start in range(0, len(idx), CHUNK):
-            rows = idx[start:start + CHUNK]
+        step = max(1, CHUNK_VALUES // max(kq * d, 1))
+        for start in range(0, len(idx), step):
+            rows = idx[start:start + step]
             dist, nbr = tree.query(C[rows], k=kq, workers=-1)
             dist, nbr = np.asarray(dist).reshape(len(rows), kq), np.asarray(nbr).reshape(len(rows), kq)
             total = np.cumsum(E[idx[nbr]], axis=1)  # (chunk, kq, d): sums over the nearest 1..kq
