@@ -278,6 +278,9 @@ def test_neighbourhoods_on_a_lattice_take_whole_rings_whatever_the_cell_order():
     a = D.neighbourhood_features(E, C, np.zeros(sec.n_obs), (4, 12))
     b = D.neighbourhood_features(E[order], C[order], np.zeros(sec.n_obs), (4, 12))
     np.testing.assert_allclose(b[np.argsort(order)], a, atol=1e-12)
+    A = D.neighbour_matrix(C, np.zeros(sec.n_obs), 4)  # the majority vote's neighbourhoods, too
+    B = D.neighbour_matrix(C[order], np.zeros(sec.n_obs), 4)[np.argsort(order)][:, np.argsort(order)]
+    np.testing.assert_allclose(B.toarray(), A.toarray(), atol=1e-12)
     # an interior spot of the grid: itself and its 4 nearest at k = 4 (a ring of 4 is whole at k = 5)
     d = np.sort(np.linalg.norm(C[:, None] - C[None], axis=2), axis=1)
     inner = np.flatnonzero((d[:, 1] == d[:, 4]) & (d[:, 4] < d[:, 5]))[0]

@@ -43,24 +43,29 @@ def standardise(E: np.ndarray, sections) -> np.ndarray:
 
 
 def neighbour_matrix(coords: np.ndarray, sections, k: int) -> sp.csr_matrix:
-    """Row-stochastic (n x n) average over each cell's k nearest cells of its section (itself included)."""
+    """Row-stochastic (n x n) average over each cell's k nearest cells of its section (itself
+    included, and the cells tied with the k-th nearest, as in :func:`neighbourhood_features`).
+    """
     C = np.asarray(coords, dtype=np.float64)
     n = len(C)
-    check_memory(16 * n * k, f"the {k}-nearest-cell neighbourhoods of {n:,} cells", "Use smaller neighbourhoods.")
+    check_memory(24 * n * (k + TIE_MARGIN), f"the {k}-nearest-cell neighbourhoods of {n:,} cells",
+                 "Use smaller neighbourhoods.")
     rows, cols, vals = [], [], []
     for idx in _groups(sections):
-        kk = int(min(k, len(idx)))
-        _, nbr = cKDTree(C[idx]).query(C[idx], k=kk)
-        nbr = np.asarray(nbr).reshape(len(idx), kk)
-        rows.append(np.repeat(idx, kk))
-        cols.append(idx[nbr.ravel()])
-        vals.append(np.full(len(idx) * kk, 1.0 / kk))
+        kq, kk = int(min(k + TIE_MARGIN, len(idx))), int(min(k, len(idx)))
+        dist, nbr = cKDTree(C[idx]).query(C[idx], k=kq, workers=-1)
+        dist, nbr = np.asarray(dist).reshape(len(idx), kq), np.asarray(nbr).reshape(len(idx), kq)
+        keep = dist <= (dist[:, kk - 1] * (1 + TIE_RTOL) + 1e-12)[:, None]
+        r, c = np.nonzero(keep)
+        rows.append(idx[r])
+        cols.append(idx[nbr[r, c]])
+        vals.append(1.0 / keep.sum(axis=1)[r])
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
 
 
-CHUNK_VALUES = 1 << 22  # values per gathered (cells, k, d) block: 32 MB, whatever k and the embedding's width
 TIE_MARGIN = 24  # extra neighbours queried so that cells tied with the k-th nearest are all found
 TIE_RTOL = 1e-9  # distances within this relative tolerance of the k-th nearest tie with it
+CHUNK_VALUES = 1 << 22  # values per gathered (cells, k, d) block: 32 MB, whatever k and the embedding's width
 
 
 def neighbourhood_features(E: np.ndarray, coords: np.ndarray, sections, neighbours) -> np.ndarray:
