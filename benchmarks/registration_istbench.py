@@ -31,7 +31,8 @@ in 0.25-spacing steps). Each pair's maximum does not depend on where the previou
 so the mean of the pairs' maxima bounds the chained score.
 
     python benchmarks/registration_istbench.py             # both data sets, 5 seeds of the motion
-    python benchmarks/registration_istbench.py --bound --seeds 1 --no-paste --out ..._bound.json
+    python benchmarks/registration_istbench.py --bound --seeds 3 --no-paste \
+        --out benchmarks/results/registration_istbench_bound.json
     python benchmarks/registration_istbench.py --quick
 """
 
