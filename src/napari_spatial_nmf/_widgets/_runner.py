@@ -85,8 +85,11 @@ class JobRunner(QWidget):
         if on_data is not None:
             worker.yielded.connect(lambda p: on_data(p.data) if isinstance(p, Progress) and p.data
                                    and not is_deleted(self) else None)
-        worker.returned.connect(lambda value: None if is_deleted(self) else on_result(value))
+        # the endings first drop any progress still waiting for its redraw: a coalesced update whose
+        # timer fires after the result (a slow on_result, the finished signal still queued) would
+        # otherwise overwrite the result's status with the job's last progress message
         worker.returned.connect(self._done)
+        worker.returned.connect(lambda value: None if is_deleted(self) else on_result(value))
         worker.errored.connect(self._error)
         worker.aborted.connect(self._aborted)
         worker.finished.connect(self._finished)
@@ -130,16 +133,19 @@ class JobRunner(QWidget):
 
     # ------------------------------------------------------------------ endings
     def _error(self, exc) -> None:
+        self._latest = None
         if is_deleted(self):
             return
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         self.status.setText(f"Error: {msg}")
 
     def _aborted(self) -> None:
+        self._latest = None
         if not is_deleted(self):
             self.status.setText("Cancelled: nothing was added or changed.")
 
     def _done(self, _result=None) -> None:
+        self._latest = None
         if is_deleted(self):
             return
         self.progress.setRange(0, 1)
