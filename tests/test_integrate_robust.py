@@ -281,7 +281,7 @@ def test_neighbourhoods_on_a_lattice_take_whole_rings_whatever_the_cell_order():
     A = D.neighbour_matrix(C, np.zeros(sec.n_obs), 4)  # the majority vote's neighbourhoods, too
     B = D.neighbour_matrix(C[order], np.zeros(sec.n_obs), 4)[np.argsort(order)][:, np.argsort(order)]
     np.testing.assert_allclose(B.toarray(), A.toarray(), atol=1e-12)
-    # an interior spot of the grid: itself and its 4 nearest at k = 4 (a ring of 4 is whole at k = 5)
+    # an interior spot of the grid at k = 4: itself and its whole ring of 4 nearest (5 spots, not 4)
     d = np.sort(np.linalg.norm(C[:, None] - C[None], axis=2), axis=1)
     inner = np.flatnonzero((d[:, 1] == d[:, 4]) & (d[:, 4] < d[:, 5]))[0]
     ring = np.argsort(np.linalg.norm(C - C[inner], axis=1), kind="stable")[:5]

@@ -42,6 +42,22 @@ def standardise(E: np.ndarray, sections) -> np.ndarray:
     return out
 
 
+TIE_MARGIN = 24  # extra neighbours queried so that cells tied with the k-th nearest are all found
+TIE_RTOL = 1e-9  # distances within this relative tolerance of the k-th nearest tie with it
+CHUNK_VALUES = 1 << 22  # values per gathered (cells, k, d) block: 32 MB, whatever k and the embedding's width
+
+
+def _nearest(tree: cKDTree, points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and indices of each point's ``k`` nearest tree points, as (m, k) arrays."""
+    dist, nbr = tree.query(points, k=k, workers=-1)
+    return np.asarray(dist).reshape(len(points), k), np.asarray(nbr).reshape(len(points), k)
+
+
+def _with_ties(dist: np.ndarray, k: int) -> np.ndarray:
+    """(m, kq) mask of the k nearest and every one tied with the k-th (``dist`` sorted per row)."""
+    return dist <= (dist[:, k - 1] * (1 + TIE_RTOL) + 1e-12)[:, None]
+
+
 def neighbour_matrix(coords: np.ndarray, sections, k: int) -> sp.csr_matrix:
     """Row-stochastic (n x n) average over each cell's k nearest cells of its section (itself
     included, and the cells tied with the k-th nearest, as in :func:`neighbourhood_features`).
@@ -52,20 +68,13 @@ def neighbour_matrix(coords: np.ndarray, sections, k: int) -> sp.csr_matrix:
                  "Use smaller neighbourhoods.")
     rows, cols, vals = [], [], []
     for idx in _groups(sections):
-        kq, kk = int(min(k + TIE_MARGIN, len(idx))), int(min(k, len(idx)))
-        dist, nbr = cKDTree(C[idx]).query(C[idx], k=kq, workers=-1)
-        dist, nbr = np.asarray(dist).reshape(len(idx), kq), np.asarray(nbr).reshape(len(idx), kq)
-        keep = dist <= (dist[:, kk - 1] * (1 + TIE_RTOL) + 1e-12)[:, None]
+        dist, nbr = _nearest(cKDTree(C[idx]), C[idx], int(min(k + TIE_MARGIN, len(idx))))
+        keep = _with_ties(dist, int(min(k, len(idx))))
         r, c = np.nonzero(keep)
         rows.append(idx[r])
         cols.append(idx[nbr[r, c]])
         vals.append(1.0 / keep.sum(axis=1)[r])
     return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-
-
-TIE_MARGIN = 24  # extra neighbours queried so that cells tied with the k-th nearest are all found
-TIE_RTOL = 1e-9  # distances within this relative tolerance of the k-th nearest tie with it
-CHUNK_VALUES = 1 << 22  # values per gathered (cells, k, d) block: 32 MB, whatever k and the embedding's width
 
 
 def neighbourhood_features(E: np.ndarray, coords: np.ndarray, sections, neighbours) -> np.ndarray:
@@ -90,13 +99,10 @@ def neighbourhood_features(E: np.ndarray, coords: np.ndarray, sections, neighbou
         step = max(1, CHUNK_VALUES // max(kq * d, 1))
         for start in range(0, len(idx), step):
             rows = idx[start:start + step]
-            dist, nbr = tree.query(C[rows], k=kq, workers=-1)
-            dist, nbr = np.asarray(dist).reshape(len(rows), kq), np.asarray(nbr).reshape(len(rows), kq)
+            dist, nbr = _nearest(tree, C[rows], kq)
             total = np.cumsum(E[idx[nbr]], axis=1)  # (chunk, kq, d): sums over the nearest 1..kq
             for j, k in enumerate(ks):
-                k = min(k, kq)
-                limit = dist[:, k - 1] * (1 + TIE_RTOL) + 1e-12
-                count = (dist <= limit[:, None]).sum(axis=1)  # k, or more where cells tie with the k-th
+                count = _with_ties(dist, min(k, kq)).sum(axis=1)  # k, or more where cells tie with the k-th
                 out[rows, j * d:(j + 1) * d] = total[np.arange(len(rows)), count - 1] / count[:, None]
     return out
 
