@@ -22,7 +22,7 @@ NEEDS = {
     "nnmf_scaling.py": None,
     "nnmf_smoothing.py": None,
     "region_combinations.py": None,
-    "registration_istbench.py": ("dlpfc_visium_151673_151676", "baristaseq_visp_3slices"),
+    "registration_istbench.py": ("dlpfc_visium_151673_151676", "baristaseq_visp_3slices", "starmap_3d_visual_cortex"),
     "registration_paste.py": None,
     "stability_allen_scale.py": None,
     "stability_bdgp.py": None,

@@ -350,8 +350,10 @@ class IntegrationWidget(Dock):
 
 def _registration_text(r) -> str:
     """One registration in words: the turn, what the fit rests on, and how well both directions agree."""
+    refined = {"density": ", refined on the cell density", "fields": ", refined on the feature fields"}
     return (f"{r.section} turned {r.angle_deg:.1f}°, {r.inlier_fraction:.1%} of {r.n_pairs:,} matched pairs "
-            f"fit ({r.chance_inlier_fraction:.1%} by chance), the two directions agree to {r.consistency_um:.0f} µm")
+            f"fit ({r.chance_inlier_fraction:.1%} by chance){refined.get(getattr(r, 'refine', ''), '')}, the two "
+            f"directions agree to {r.consistency_um:.0f} µm")
 
 
 def _programs(adata) -> pd.DataFrame:

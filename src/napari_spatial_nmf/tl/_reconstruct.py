@@ -129,13 +129,14 @@ def check_stacking(n_sections: int, dims: int, unit, spacing, um_per_unit) -> tu
 def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_key: str = "section",
                         order: Sequence[str] | None = None, spacing: float | Sequence[float] = 10.0,
                         um_per_unit: float | None = None, k: int = 30, max_cells: int = 20_000,
-                        refine: bool = True, random_state: int = 0) -> Generator[Progress, None, pd.DataFrame]:
+                        refine: bool | str = "auto", random_state: int = 0) -> Generator[Progress, None, pd.DataFrame]:
     """Align adjacent serial sections rigidly and stack them into one 3D point cloud.
 
     Each section is aligned to the one before it in ``order`` (mutual nearest neighbours in
     the integrated space, then a robust rigid fit; :func:`napari_spatial_nmf.core.registration.align_pair`),
-    the fit is refined on the sections' feature fields
-    (:func:`napari_spatial_nmf.core.registration.refine_by_fields`),
+    the fit is refined on the sections' cell-density fields (single cells;
+    :func:`napari_spatial_nmf.core.registration.refine_by_density`) or feature fields (spots on
+    an array; :func:`napari_spatial_nmf.core.registration.refine_by_fields`),
     the transforms are chained so every section lies in the first one's frame, and section
     i gets the height z_i = sum of the spacings before it.
 
@@ -159,12 +160,17 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
         otherwise, e.g. ~16.2 for the DLPFC Visium image units).
     k, max_cells, random_state
         Mutual-nearest-neighbour k, cells sampled per section, seed.
-    refine : bool
-        Refine each RANSAC fit so that every cell's features (its embedding, and its 15 nearest
-        cells' mean factor proportions) match the other section's where it lands. On
-        iSTBench's protocol (5 seeds) this raised the layer match from 0.903 ± 0.047 to
-        0.918 ± 0.008 on BARISTAseq's single cells and from 0.868 ± 0.004 to 0.871 ± 0.002 on
-        DLPFC's spots (docs/benchmarks.md#registration-istbench).
+    refine : {"auto", "density", "fields", "none"} or bool
+        How each RANSAC fit is refined. ``"density"``: so that the sections' cell densities
+        (tissue outline, dense and sparse layers) fall on each other; ``"fields"``: so that
+        every cell's features (its embedding, and its 15 nearest cells' mean factor
+        proportions) match the other section's where it lands; ``"none"`` (or False): RANSAC's
+        fit as it is. ``"auto"`` (or True): density for single cells, fields for spots on an
+        array (Visium, ST), whose density is the array's
+        (:func:`napari_spatial_nmf.core.registration.on_array`, on the moving section). On
+        iSTBench's protocol (5 seeds; docs/benchmarks.md#registration-istbench): BARISTAseq's
+        single cells 0.903 ± 0.047 (RANSAC), 0.918 ± 0.008 (fields), 0.97 (density); DLPFC's
+        spots 0.868 ± 0.004 (RANSAC), 0.871 ± 0.002 (fields), lower with density.
 
     Yields
     ------
@@ -179,8 +185,9 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
         Per section: ``section, z_um, angle_deg, tx, ty`` (the transform onto the previous
         section, in the coordinates' units), ``n_pairs, n_inliers, inlier_fraction`` (RANSAC's
         inliers among the matched pairs), ``chance_inlier_fraction`` (the fraction the same
-        transform gives the pairs shuffled: what chance gives), ``refine_shift_um`` (how far the
-        refinement moved the cells from where RANSAC put them, root mean square; 0 without it)
+        transform gives the pairs shuffled: what chance gives), ``refine`` (the refinement used:
+        density, fields or none), ``refine_shift_um`` (how far the refinement moved the cells
+        from where RANSAC put them, root mean square; 0 without it)
         and ``consistency_um`` (how far the cells land from where they started when the forward
         fit is followed by the fit of the other direction: 0 for a consistent pair). Writes
         ``obsm["spatial_3d"]`` ((n, 3) µm) and ``uns[f"{key}_registration"]`` (with the warnings).
@@ -199,11 +206,10 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
         3-D input, an unknown section, a spacing list of the wrong length, a unit that is
         not µm without ``um_per_unit``, too few matched cells.
     TypeError
-        ``refine`` that is not True or False.
+        ``refine`` that is not one of the choices.
     """
     check_adata(adata)
-    if not isinstance(refine, (bool, np.bool_)):
-        raise TypeError(f"refine must be True or False; got {refine!r}.")
+    refine = _refine_choice(refine)
     C = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     sections = adata.obs[section_key]
     order = [str(s) for s in (order if order is not None else sections.cat.categories)]
@@ -215,10 +221,10 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
     masks = [lab == s for s in order]
     near = _surroundings(masks, C)
     E, basis = _embedding(adata, key, masks, near)
-    F = _fields(adata, key, masks, near, E) if refine else None
+    F = _fields(adata, key, masks, near, E) if refine in ("auto", "fields") else None
     aligned = C.copy()
     rows = [{"section": order[0], "z_um": 0.0, "angle_deg": 0.0, "tx": 0.0, "ty": 0.0, "n_pairs": 0, "n_inliers": 0,
-             "inlier_fraction": np.nan, "chance_inlier_fraction": np.nan, "refine_shift_um": np.nan,
+             "inlier_fraction": np.nan, "chance_inlier_fraction": np.nan, "refine": "", "refine_shift_um": np.nan,
              "consistency_um": np.nan}]
     msgs = []
     n_pairs = len(order) - 1
@@ -229,16 +235,10 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
                             random_state=random_state)
         back = _R.align_pair(aligned[prev], E[prev], C[cur], E[cur], k=k, max_cells=max_cells,
                              random_state=random_state)
-        shift = 0.0
-        if refine:
-            better = _R.refine_by_fields(C[cur], F[cur], aligned[prev], F[prev], fit["rotation"], fit["translation"],
-                                         random_state=random_state)
-            shift = better["shift"] * um_per_unit
-            fit = {**fit, "rotation": better["rotation"], "translation": better["translation"],
-                   "angle_deg": _R.angle_deg(better["rotation"])}
-            back_better = _R.refine_by_fields(aligned[prev], F[prev], C[cur], F[cur], back["rotation"],
-                                              back["translation"], random_state=random_state)
-            back = {**back, "rotation": back_better["rotation"], "translation": back_better["translation"]}
+        how = refine if refine != "auto" else ("fields" if _R.on_array(C[cur]) else "density")
+        fit, shift = _refined(fit, how, C[cur], aligned[prev], F, cur, prev, random_state)
+        back, _ = _refined(back, how, aligned[prev], C[cur], F, prev, cur, random_state)
+        shift *= um_per_unit
         moved = _R.apply(C[cur], fit["rotation"], fit["translation"])
         round_trip = _R.apply(moved, back["rotation"], back["translation"])  # back onto itself if consistent
         consistency = float(np.sqrt(np.mean(np.sum((round_trip - C[cur]) ** 2, axis=1)))) * um_per_unit
@@ -248,7 +248,7 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
         rows.append({"section": order[i], "z_um": float(gaps[:i].sum()), "angle_deg": fit["angle_deg"],
                      "tx": float(fit["translation"][0]), "ty": float(fit["translation"][1]),
                      "n_pairs": fit["n_pairs"], "n_inliers": fit["n_inliers"], "inlier_fraction": frac,
-                     "chance_inlier_fraction": fit["chance_inlier_fraction"], "refine_shift_um": shift,
+                     "chance_inlier_fraction": fit["chance_inlier_fraction"], "refine": how, "refine_shift_um": shift,
                      "consistency_um": consistency})
         chance = fit["chance_inlier_fraction"]
         if frac < _R.MIN_INLIERS_OVER_CHANCE * chance or consistency > _R.MAX_INCONSISTENCY * spacing_um:
@@ -268,12 +268,38 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
     adata.obsm["spatial_aligned"] = aligned
     store_result(adata, f"{key}_registration", "reconstruct_3d",
                  {"order": order, "spacing_um": [float(g) for g in gaps], "um_per_unit": um_per_unit, "k": k,
-                  "max_cells": max_cells, "refine": bool(refine), "random_state": random_state, "embedding": basis,
+                  "max_cells": max_cells, "refine": refine, "random_state": random_state, "embedding": basis,
                   "source": "INSPIRE tutorial recipe: MNN pairs in the integrated space + rigid fit (RANSAC, Umeyama)"
-                            + ("; refined on the sections' feature fields (embedding, factor surroundings)"
-                               if refine else "")},
+                            + ({"none": ""}.get(refine, "; refined on the sections' cell-density fields (single "
+                                                        "cells) or feature fields (embedding, factor surroundings)"))},
                  record={"table": table, "warnings": msgs})
     return table
+
+
+REFINE = ("auto", "density", "fields", "none")
+
+
+def _refine_choice(refine) -> str:
+    """``refine`` as one of :data:`REFINE` (True is "auto", False is "none")."""
+    if isinstance(refine, (bool, np.bool_)):
+        return "auto" if refine else "none"
+    if refine not in REFINE:
+        raise TypeError(f"refine must be one of {', '.join(map(repr, REFINE))} (or True / False); got {refine!r}.")
+    return refine
+
+
+def _refined(fit: dict, how: str, moving: np.ndarray, fixed: np.ndarray, F, m_moving, m_fixed,
+             random_state: int) -> tuple[dict, float]:
+    """``fit`` refined by ``how`` ("density", "fields" or "none"), and the refinement's shift."""
+    if how == "none":
+        return fit, 0.0
+    if how == "density":
+        better = _R.refine_by_density(moving, fixed, fit["rotation"], fit["translation"], random_state=random_state)
+    else:
+        better = _R.refine_by_fields(moving, F[m_moving], fixed, F[m_fixed], fit["rotation"], fit["translation"],
+                                     random_state=random_state)
+    return ({**fit, "rotation": better["rotation"], "translation": better["translation"],
+             "angle_deg": _R.angle_deg(better["rotation"])}, better["shift"])
 
 
 reconstruct_3d = blocking(iter_reconstruct_3d, "reconstruct_3d")
