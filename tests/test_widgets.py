@@ -468,7 +468,9 @@ def test_integration_dock_on_stahl_sections_then_3d(make_napari_viewer, qtbot):
     assert w.reconstruct_button.isEnabled()
     stack = viewer.layers["integrated sections in 3D (µm)"]
     status = w.runner.status.text()  # each registration's quality, in words
-    assert status.startswith("3D: ") and status.count("matched pairs") == 3 and "directions agree" in status
+    # spots on an array: refined on the feature fields, said once
+    assert status.startswith("3D (refined on the feature fields): ") and status.count("matched pairs") == 3
+    assert "directions agree" in status
     assert viewer.dims.ndisplay == 3 and len(stack.data) == n
     z = pd.Series(stack.data[:, 0]).groupby(stack.features["section"].to_numpy()).mean()
     np.testing.assert_allclose(np.diff(z.sort_index().to_numpy()), 100.0)

@@ -342,7 +342,8 @@ class IntegrationWidget(Dock):
         scene = getattr(self.viewer, "scene", None)
         (scene.camera if scene is not None else self.viewer.camera).angles = (-30.0, 30.0, 120.0)
         (scene.overlays.axes if scene is not None else self.viewer.axes).visible = True
-        self.runner.status.setText("3D: " + "; ".join(_registration_text(r) for r in table.iloc[1:].itertuples()))
+        self.runner.status.setText(f"3D{_refinement_text(table)}: "
+                                   + "; ".join(_registration_text(r) for r in table.iloc[1:].itertuples()))
         weak = [str(w) for w in adata.uns.get("integration_registration", {}).get("warnings", [])]
         self.diagnostics.setText("\n".join([_diagnostics_text(adata.uns["integration"],
                                                               adata.uns.get("integration_stability")), *weak]))
@@ -350,10 +351,21 @@ class IntegrationWidget(Dock):
 
 def _registration_text(r) -> str:
     """One registration in words: the turn, what the fit rests on, and how well both directions agree."""
-    refined = {"density": ", refined on the cell density", "fields": ", refined on the feature fields"}
     return (f"{r.section} turned {r.angle_deg:.1f}°, {r.inlier_fraction:.1%} of {r.n_pairs:,} matched pairs "
-            f"fit ({r.chance_inlier_fraction:.1%} by chance){refined.get(getattr(r, 'refine', ''), '')}, the two "
-            f"directions agree to {r.consistency_um:.0f} µm")
+            f"fit ({r.chance_inlier_fraction:.1%} by chance), the two directions agree to {r.consistency_um:.0f} µm")
+
+
+REFINED = {"density": "refined on the cell density", "fields": "refined on the feature fields", "none": "not refined"}
+
+
+def _refinement_text(table: pd.DataFrame) -> str:
+    """How the registrations were refined: once (" (refined on the cell density)"), or per section if they differ."""
+    used = [str(v) for v in table.get("refine", pd.Series(dtype=str)).iloc[1:]]
+    if not used:
+        return ""
+    if len(set(used)) == 1:
+        return f" ({REFINED.get(used[0], used[0])})"
+    return " (" + ", ".join(f"{s} {REFINED.get(u, u)}" for s, u in zip(table["section"].iloc[1:], used)) + ")"
 
 
 def _programs(adata) -> pd.DataFrame:
