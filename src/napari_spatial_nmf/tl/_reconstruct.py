@@ -169,8 +169,8 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
         array (Visium, ST), whose density is the array's
         (:func:`napari_spatial_nmf.core.registration.on_array`, on the moving section). On
         iSTBench's protocol (5 seeds; docs/benchmarks.md#registration-istbench): BARISTAseq's
-        single cells 0.903 ± 0.047 (RANSAC), 0.918 ± 0.008 (fields), 0.97 (density); DLPFC's
-        spots 0.868 ± 0.004 (RANSAC), 0.871 ± 0.002 (fields), lower with density.
+        single cells 0.903 ± 0.047 (RANSAC), 0.918 ± 0.008 (fields), 0.9725 ± 0.0003 (density);
+        DLPFC's spots 0.868 ± 0.004 (RANSAC), 0.871 ± 0.002 (fields), 0.844 (density).
 
     Yields
     ------
