@@ -249,8 +249,10 @@ def test_field_refinement_undoes_a_small_misfit_on_real_cells():
     # single cells against spots on an array: the refinement "auto" chooses by this
     assert not reg.on_array(xy) and all(reg.on_array(np.asarray(s.obsm["spatial"], float)) for s in stahl)
     res = tl.integrate(stahl, 4, max_iter=20, n_hvgs=None, tol=0.0)
-    with pytest.raises(TypeError, match="refine must be one of"):
+    with pytest.raises(ValueError, match="refine must be one of"):
         tl.reconstruct_3d(res, spacing=20.0, um_per_unit=200.0, refine="no")
+    with pytest.raises(TypeError, match="refine must be one of"):
+        tl.reconstruct_3d(res, spacing=20.0, um_per_unit=200.0, refine=1)
     assert "spatial_3d" not in res.obsm
     with pytest.raises(ValueError, match="2-D"):
         reg.refine_by_fields(np.c_[xy[b], xy[b][:, :1]], feats[1], xy[a], feats[0], np.eye(2), np.zeros(2))

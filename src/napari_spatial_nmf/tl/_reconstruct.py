@@ -204,9 +204,9 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
     ------
     ValueError
         3-D input, an unknown section, a spacing list of the wrong length, a unit that is
-        not µm without ``um_per_unit``, too few matched cells.
+        not µm without ``um_per_unit``, too few matched cells, an unknown ``refine``.
     TypeError
-        ``refine`` that is not one of the choices.
+        ``refine`` that is neither a string nor True / False.
     """
     check_adata(adata)
     refine = _refine_choice(refine)
@@ -283,8 +283,11 @@ def _refine_choice(refine) -> str:
     """``refine`` as one of :data:`REFINE` (True is "auto", False is "none")."""
     if isinstance(refine, (bool, np.bool_)):
         return "auto" if refine else "none"
+    choices = f"refine must be one of {', '.join(map(repr, REFINE))} (or True / False); got {refine!r}."
+    if not isinstance(refine, str):
+        raise TypeError(choices)
     if refine not in REFINE:
-        raise TypeError(f"refine must be one of {', '.join(map(repr, REFINE))} (or True / False); got {refine!r}.")
+        raise ValueError(choices)
     return refine
 
 
