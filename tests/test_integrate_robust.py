@@ -303,3 +303,28 @@ def test_neighbourhoods_on_a_lattice_take_whole_rings_whatever_the_cell_order():
     inner = np.flatnonzero((d[:, 1] == d[:, 4]) & (d[:, 4] < d[:, 5]))[0]
     ring = np.argsort(np.linalg.norm(C - C[inner], axis=1), kind="stable")[:5]
     np.testing.assert_allclose(a[inner, :4], E[ring].mean(axis=0))
+
+
+def test_auto_refinement_uses_the_density_only_between_single_cells(halves):
+    """refine="auto": two single-cell sections (the osmFISH halves) are refined on the cell density;
+    when one of them is spots on an array (here the same cells' section put on a square grid, as
+    a Visium or ST section would be) the pair is refined on the feature fields, whose density is
+    the array's own; an explicit choice wins."""
+    rng = np.random.default_rng(0)
+    parts = [h[np.sort(rng.choice(h.n_obs, 1200, replace=False))].copy() for h in halves]
+    res = tl.integrate(parts, 4, max_iter=20, tol=0.0, n_hvgs=None)
+    table = tl.reconstruct_3d(res.copy(), spacing=10.0, um_per_unit=1.0)
+    assert table["refine"].tolist() == ["", "density"]
+    arrayed = res.copy()
+    second = (arrayed.obs["section"] == arrayed.obs["section"].cat.categories[1]).to_numpy()
+    n = int(second.sum())
+    side = int(np.ceil(np.sqrt(n)))
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), axis=-1).reshape(-1, 2)[:n] * 20.0
+    xy = np.asarray(arrayed.obsm["spatial"], float).copy()
+    xy[second] = grid
+    arrayed.obsm["spatial"] = xy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a scrambled section registers weakly, as it should
+        assert tl.reconstruct_3d(arrayed, spacing=10.0, um_per_unit=1.0)["refine"].tolist() == ["", "fields"]
+        forced = tl.reconstruct_3d(res.copy(), spacing=10.0, um_per_unit=1.0, refine="fields")
+    assert forced["refine"].iloc[1] == "fields"

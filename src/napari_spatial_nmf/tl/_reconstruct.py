@@ -165,9 +165,9 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
         (tissue outline, dense and sparse layers) fall on each other; ``"fields"``: so that
         every cell's features (its embedding, and its 15 nearest cells' mean factor
         proportions) match the other section's where it lands; ``"none"`` (or False): RANSAC's
-        fit as it is. ``"auto"`` (or True): density for single cells, fields for spots on an
-        array (Visium, ST), whose density is the array's
-        (:func:`napari_spatial_nmf.core.registration.on_array`, on the moving section). On
+        fit as it is. ``"auto"`` (or True): density when both sections of a pair are single
+        cells, fields when either is spots on an array (Visium, ST), whose density is the
+        array's (:func:`napari_spatial_nmf.core.registration.on_array`). On
         iSTBench's protocol (5 seeds; docs/benchmarks.md#registration-istbench): BARISTAseq's
         single cells 0.903 ± 0.047 (RANSAC), 0.918 ± 0.008 (fields), 0.9725 ± 0.0003 (density);
         DLPFC's spots 0.868 ± 0.004 (RANSAC), 0.871 ± 0.002 (fields), 0.844 (density).
@@ -221,7 +221,9 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
     masks = [lab == s for s in order]
     near = _surroundings(masks, C)
     E, basis = _embedding(adata, key, masks, near)
-    F = _fields(adata, key, masks, near, E) if refine in ("auto", "fields") else None
+    # "auto": the density when both sections of a pair are single cells; an array's density is its own
+    arrays = [_R.on_array(C[m]) for m in masks] if refine == "auto" else []
+    F = _fields(adata, key, masks, near, E) if refine == "fields" or any(arrays) else None
     aligned = C.copy()
     rows = [{"section": order[0], "z_um": 0.0, "angle_deg": 0.0, "tx": 0.0, "ty": 0.0, "n_pairs": 0, "n_inliers": 0,
              "inlier_fraction": np.nan, "chance_inlier_fraction": np.nan, "refine": "", "refine_shift_um": np.nan,
@@ -235,7 +237,7 @@ def iter_reconstruct_3d(adata: ad.AnnData, *, key: str = "integration", section_
                             random_state=random_state)
         back = _R.align_pair(aligned[prev], E[prev], C[cur], E[cur], k=k, max_cells=max_cells,
                              random_state=random_state)
-        how = refine if refine != "auto" else ("fields" if _R.on_array(C[cur]) else "density")
+        how = refine if refine != "auto" else ("fields" if arrays[i] or arrays[i - 1] else "density")
         fit, shift = _refined(fit, how, C[cur], aligned[prev], F, cur, prev, random_state)
         back, _ = _refined(back, how, aligned[prev], C[cur], F, prev, cur, random_state)
         shift *= um_per_unit
