@@ -114,6 +114,13 @@ def test_integrate_command_joint_nnmf_and_3d_on_stahl(tmp_path):
             "--spacing", "100", "--um-per-unit", "200", "--quiet", "--out", str(out)]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
+    # ST spots on an array: the automatic refinement is the feature fields; a chosen one is used
+    assert pd.read_csv(out / "registration.csv")["refine"].iloc[1:].eq("fields").all()
+    forced = tmp_path / "forced"
+    args_forced = [*args[:args.index("--max-iter") + 1], "5", *args[args.index("--max-iter") + 2:-1], str(forced),
+                   "--registration-refine", "none"]
+    assert main(args_forced) == 0
+    assert pd.read_csv(forced / "registration.csv")["refine"].iloc[1:].eq("none").all()
     assert all((out / f).exists() for f in summary["files"].values())
     programs = pd.read_csv(out / "programs.csv")
     assert set(programs["factor"]) == {f"F{i}" for i in range(1, 6)}

@@ -302,6 +302,11 @@ def test_integrate_checks_its_options_before_training(tmp_path, small, capsys, m
     assert main([*base, "--out", str(tmp_path / "d"), "--reconstruct-3d", "--um-per-unit", "-2"]) == 2
     _one_line_error(capsys, "um_per_unit must be a positive")
     assert trained == []
+    from napari_spatial_nmf import pipeline  # the Python entry checks the refinement before training too
+    with pytest.raises(ValueError, match="refine must be one of"):
+        pipeline.run_integration([ad.read_h5ad(p) for p in paths], 3, tmp_path / "e", method="joint_nnmf",
+                                 reconstruct=True, um_per_unit=1.0, registration_refine="densty")
+    assert trained == [] and not (tmp_path / "e").exists()
 
 
 # ------------------------------------------------------------------ files that look like ours

@@ -395,7 +395,8 @@ def _integrate(args) -> int:
         domains={"neighbours": tuple(args.neighbours), "scale": args.scale, "refine": args.refine},
         random_state=args.random_state, label_key=args.label_key, n_domains=args.n_domains,
         reconstruct=args.reconstruct_3d, spacing=args.spacing if len(args.spacing) > 1 else args.spacing[0],
-        um_per_unit=args.um_per_unit, overwrite=args.overwrite, protect=_inputs_of(args), progress=report)
+        um_per_unit=args.um_per_unit, registration_refine=args.registration_refine, overwrite=args.overwrite,
+        protect=_inputs_of(args), progress=report)
     bar.close()
     _print_summary(summary)
     return 0
@@ -556,6 +557,9 @@ def parser() -> argparse.ArgumentParser:
                     help="distance between consecutive sections in µm (one value, or one per gap; default 10)")
     ig.add_argument("--um-per-unit", type=float,
                     help="µm per coordinate unit, if the coordinates are not in µm (e.g. 16.2 for DLPFC Visium)")
+    ig.add_argument("--registration-refine", choices=["auto", "density", "fields", "none"], default="auto",
+                    help="how each registration is refined: auto (the default) on the cell density between "
+                         "single-cell sections, on the feature fields when a section is spots on an array")
     return ap
 
 

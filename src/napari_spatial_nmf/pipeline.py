@@ -384,7 +384,8 @@ def program_table(adata: ad.AnnData, key: str = "integration", n_top: int = 20) 
 
 def run_integration(sections, n_factors: int | None, out, *, label_key: str | None = None,
                     n_domains: int | None = None, domains: dict | None = None, reconstruct: bool = False,
-                    spacing=10.0, um_per_unit: float | None = None, k_range=None, store=None,
+                    spacing=10.0, um_per_unit: float | None = None, registration_refine: str = "auto",
+                    k_range=None, store=None,
                     matching: str = "hungarian", backend: str = "local", scheduler=None,
                     overwrite: bool = False, protect=(), progress: ProgressCallback = None,
                     **kwargs) -> tuple[ad.AnnData, dict]:
@@ -395,6 +396,7 @@ def run_integration(sections, n_factors: int | None, out, *, label_key: str | No
     (each factor over the sections side by side), ``losses.csv`` (INSPIRE), with labels
     ``scores.csv`` (per-section ARI / NMI / ASW) and ``domains.png``, with
     ``reconstruct=True`` ``registration.csv`` and ``cells_3d.csv``, and ``summary.json``.
+    ``registration_refine`` is :func:`napari_spatial_nmf.tl.reconstruct_3d`'s ``refine``.
 
     ``domains`` are keyword arguments of :func:`napari_spatial_nmf.tl.cluster_domains`
     (neighbours, scale, refine). The summary carries the label-free diagnostics (factor usage,
@@ -407,7 +409,7 @@ def run_integration(sections, n_factors: int | None, out, *, label_key: str | No
     ``instability.png`` are written too.
 
     Every option is checked before training starts: the label column in every section,
-    ``n_domains``, and with ``reconstruct`` the coordinates' unit and the spacing.
+    ``n_domains``, and with ``reconstruct`` the coordinates' unit, the spacing and the refinement.
 
     Returns
     -------
@@ -416,7 +418,7 @@ def run_integration(sections, n_factors: int | None, out, *, label_key: str | No
     """
     from .core._validation import check_int
     from .tl._integrate import section_inputs
-    from .tl._reconstruct import check_stacking
+    from .tl._reconstruct import _refine_choice, check_stacking
 
     if (n_factors is None) == (k_range is None):
         raise ValueError("Give either n_factors (K) or k_range (K chosen by stability), not both.")
@@ -435,6 +437,7 @@ def run_integration(sections, n_factors: int | None, out, *, label_key: str | No
         key = kwargs.get("spatial_key", "spatial")
         C = adatas[0].obsm[key] if key in adatas[0].obsm else np.zeros((0, 2))
         check_stacking(len(adatas), np.shape(C)[1], adatas[0].uns.get("spatial_unit"), spacing, um_per_unit)
+        _refine_choice(registration_refine)
     if k_range is None:
         gen = tl.iter_integrate(sections, n_factors, **kwargs)
     else:
@@ -497,7 +500,7 @@ def run_integration(sections, n_factors: int | None, out, *, label_key: str | No
                          title=f"{rec['method']}: spatial factors (share of each cell), sections side by side",
                          save=folder.path("factors.png"))
         if reconstruct:
-            table = tl.reconstruct_3d(res, spacing=spacing, um_per_unit=um_per_unit)
+            table = tl.reconstruct_3d(res, spacing=spacing, um_per_unit=um_per_unit, refine=registration_refine)
             table.to_csv(folder.path("registration.csv"), index=False)
             summary.setdefault("diagnostics", {})["registration_warnings"] = \
                 res.uns["integration_registration"].get("warnings", [])
