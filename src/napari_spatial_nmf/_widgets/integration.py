@@ -360,7 +360,7 @@ REFINED = {"density": "refined on the cell density", "fields": "refined on the f
 
 def _refinement_text(table: pd.DataFrame) -> str:
     """How the registrations were refined: once (" (refined on the cell density)"), or per section if they differ."""
-    used = [str(v) for v in table.get("refine", pd.Series(dtype=str)).iloc[1:]]
+    used = table["refine"].iloc[1:].astype(str).tolist()
     if not used:
         return ""
     if len(set(used)) == 1:
