@@ -130,3 +130,37 @@ def mixture_labels(E: np.ndarray, n: int, *, covariance_type: str = "tied", n_in
 
     return GaussianMixture(int(n), covariance_type=covariance_type, n_init=n_init, random_state=random_state,
                            reg_covar=1e-5).fit_predict(np.asarray(E, dtype=np.float64))
+
+
+def expression_description(X, sections, *, counts: bool) -> np.ndarray:
+    """Cells described by their genes for label transfer: log-normalised (counts, over these
+    genes: ``log1p(1e4 × x / total)``) or as given (already normalised values), each gene
+    standardised within each section (a per-gene capture scaling or a platform's offset
+    between sections cancels): (n, n_genes) float64.
+    """
+    M = sp.csr_matrix(X, dtype=np.float64)
+    if counts:
+        total = np.asarray(M.sum(axis=1)).ravel()
+        M = sp.diags(1e4 / np.maximum(total, 1e-12)) @ M
+        M.data = np.log1p(M.data)
+    return standardise(M.toarray(), sections)
+
+
+def transfer_labels(F_reference: np.ndarray, labels: np.ndarray, F_query: np.ndarray, near: sp.csr_matrix | None,
+                    *, C: float = 0.1, random_state: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels carried from reference cells to query cells by a multinomial logistic regression
+    (scikit-learn, L2 penalty ``C``) on their descriptions, each query cell's class
+    probabilities then averaged over its nearest cells (``near``: a row-stochastic
+    :func:`neighbour_matrix` of the query; None for no averaging).
+
+    Returns
+    -------
+    (labels, probabilities, classes) : (n_query,) labels, (n_query, n_classes) float64, (n_classes,)
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=random_state).fit(F_reference, labels)
+    prob = clf.predict_proba(F_query)
+    if near is not None:
+        prob = np.asarray(near @ prob)
+    return clf.classes_[prob.argmax(axis=1)], prob, clf.classes_

@@ -44,7 +44,7 @@ from ._nnmf import (
 )
 from ._reconstruct import iter_reconstruct_3d, reconstruct_3d
 from ._regions import region_combinations, region_correlation
-from ._scores import cluster_domains, factor_scores, integration_scores
+from ._scores import cluster_domains, factor_scores, integration_scores, transfer_labels
 from ._stability import iter_stability, stability
 
 __all__ = [
@@ -87,4 +87,5 @@ __all__ = [
     "spatially_variable_genes",
     "stability",
     "store_osnmf_suite",
+    "transfer_labels",
 ]
