@@ -1,6 +1,6 @@
 """Gene panels that differ, and K chosen by stability, for integration (issue 23).
 
-Six experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. over seeds:
+Eight experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. over seeds:
 
 ``heldout``
     Held-out genes. Two sections of one technology (DLPFC Visium 151673 + 151674, raw UMI
@@ -33,6 +33,16 @@ Six experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. over
     spot predicted by the mean of the truth over its 6, 18 or 54 nearest other spots, or by
     its expert layer's mean; and the counts' own repeatability (each count split in two halves
     by a binomial draw; median r between the halves).
+``panel_transfer``
+    Label transfer instead of shared programs, on the panel simulation (``tl.transfer_labels``):
+    151673's domains (an NNMF of 151673 alone) carried to the panel section by a logistic
+    regression over the panel genes and their surroundings, standardised within each section,
+    with and without averaging each spot's probabilities over its 18 nearest; beside the same
+    transfer of 151673's expert layers (an oracle).
+``k_domains``
+    Choosing K by how well the domains reproduce across restarts (labels unused): per K, the
+    mean ARI between the restarts' domains, beside each section's ARI against the layers, on
+    DLPFC 151673-151676 and the three BARISTAseq slices.
 ``crosstech``
     Two technologies, two cortical areas, one laminar plan: BARISTAseq VISp (3 slices, 79
     genes) and osmFISH SSp (33 genes; Codeluppi et al. 2018), which share 9 genes. The
@@ -422,6 +432,79 @@ def panel_loss(a, log) -> dict:
     return out
 
 
+def panel_transfer(a, log) -> dict:
+    """Label transfer instead of shared programs (``tl.transfer_labels``; no integration; labels
+    unused except by the oracle): 151673's domains from an NNMF of 151673 alone (all its genes,
+    K = ``-k``) carried to the panel section through the panel genes and their surroundings.
+    The oracle carries 151673's expert layers the same way."""
+    from napari_spatial_nmf.tl._scores import TRANSFER_SMOOTH
+
+    secs, panel, labels = panel_sections(a.quick)
+    n_layers = len({v for s in secs for v in s.obs[labels].dropna().astype(str)})
+    opts = {"neighbours": (3, 6), "smooth": 6} if a.quick else {}  # else the defaults
+    rows = []
+    for seed in range(a.seeds):
+        A = secs[0].copy()
+        A.X = counts_of(A)
+        A.obs["section"] = "151673"
+        tl.nnmf(A, a.k, random_state=seed, **({"max_iter": a.max_iter} if a.quick else {}))  # NNMF's default
+        tl.cluster_domains(A, n_layers, key="nnmf", key_added="d")
+        Bp = panel_section(secs[1], panel, seed)
+        okA, okB = A.obs[labels].notna().to_numpy(), Bp.obs[labels].notna().to_numpy()
+        yA, yB = A.obs[labels].astype(str).to_numpy(), Bp.obs[labels].astype(str).to_numpy()
+        ari_a = clustering_scores(yA[okA], A.obs["d"].to_numpy()[okA])["ari"]
+        out = {"seed": seed, "ari_151673_domains": round(ari_a, 4)}
+        for name, key in (("transfer", "d"), ("oracle_layers", labels)):
+            for how, smooth in (("", 1), ("_smoothed", opts.get("smooth", TRANSFER_SMOOTH))):
+                pred = tl.transfer_labels(A, Bp, key, **{**opts, "smooth": smooth}, key_added="t").to_numpy()
+                out[f"ari_151674_{name}{how}"] = round(clustering_scores(yB[okB], pred[okB])["ari"], 4)
+                out[f"confidence_{name}{how}"] = round(Bp.uns["t"]["mean_confidence"], 3)
+        rows.append(out)
+        log(f"panel_transfer seed {seed}: {out}")
+    keys = [k for k in rows[0] if k != "seed"]
+    return {"rows": rows, "mean_sd": {k: common.mean_sd([r[k] for r in rows]) for k in keys}}
+
+def k_domains(a, log) -> dict:
+    """A label-free alternative to the programs' instability for choosing K: how well the
+    domains reproduce across restarts. Per K, ``--restarts`` integrations (seeds 0, 1, ...), each
+    clustered by ``tl.cluster_domains``' defaults into as many domains as expert layers; the
+    agreement is the mean ARI between the restarts' domains (labels unused), beside each
+    section's ARI against the layers (mean over the restarts). DLPFC 151673-151676 and the
+    three BARISTAseq slices (counts recovered)."""
+    import itertools
+
+    out = {}
+    for data in ("barista", "dlpfc"):
+        if data == "dlpfc":
+            (secs, labels), names, kw = dlpfc(DLPFC, a.quick), DLPFC, {}
+            ks = [6, 7, 8, 9, 10]
+        else:
+            (secs, labels), names, kw = barista((1, 2, 3), a.quick), ["1", "2", "3"], {"counts": "recover",
+                                                                                        "n_hvgs": None}
+            ks = [4, 5, 6, 7, 8, 9, 10, 12]
+        if a.quick:
+            ks = [3]
+        n_layers = len({v for s in secs for v in s.obs[labels].dropna().astype(str)})
+        rows = []
+        for k in ks:
+            doms, aris = [], []
+            for r in range(a.restarts):
+                res = tl.integrate(secs, k, section_names=names, random_state=r, max_iter=a.max_iter, **kw)
+                tl.cluster_domains(res, n_layers, key_added="d")
+                doms.append(res.obs["d"].astype(str).to_numpy())
+                aris.append(section_ari(res, labels))
+            agree = [clustering_scores(x, y)["ari"] for x, y in itertools.combinations(doms, 2)]
+            ari = {s: round(float(np.mean([x[s] for x in aris])), 4) for s in aris[0]}
+            row = {"k": k, "agreement": round(float(np.mean(agree)), 4), "ari": ari,
+                   "mean_ari": round(float(np.mean(list(ari.values()))), 4)}
+            rows.append(row)
+            log(f"k_domains {data} K={k}: {row}")
+        best_agree = max(rows, key=lambda r: r["agreement"])["k"]
+        best_ari = max(rows, key=lambda r: r["mean_ari"])["k"]
+        out[data] = {"rows": rows, "k_most_agreeing": best_agree, "k_best_mean_ari": best_ari}
+    return out
+
+
 def crosstech(a, log) -> dict:
     secs, labels = barista((1, 2, 3), a.quick)
     osm = osmfish(a.quick)
@@ -547,7 +630,8 @@ def dlpfc_k_fixed(a, log) -> dict:
 
 
 PARTS = {"heldout": heldout, "panel": panel_sim, "panel_loss": panel_loss, "panel_ceiling": panel_ceiling,
-         "crosstech": crosstech, "dlpfc_k": dlpfc_k, "dlpfc_k_fixed": dlpfc_k_fixed}
+         "panel_transfer": panel_transfer, "k_domains": k_domains, "crosstech": crosstech, "dlpfc_k": dlpfc_k,
+         "dlpfc_k_fixed": dlpfc_k_fixed}
 
 
 def main(argv=None) -> int:
