@@ -96,6 +96,29 @@ def test_transfer_refuses_bad_input_before_any_work(halves):
     assert "region_transferred" not in qry.obs
 
 
+def test_transfer_too_large_for_memory_is_refused_before_any_work(halves, monkeypatch):
+    from napari_spatial_nmf.core._memory import MemoryLimitError
+
+    ref, qry = halves
+    qry = qry.copy()
+    before = set(qry.uns)
+    monkeypatch.setenv("NAPARI_SPATIAL_NMF_MEMORY_LIMIT", "1M")
+    with pytest.raises(MemoryLimitError, match="descriptions of"):
+        tl.transfer_labels(ref, qry, "region")
+    assert "region_transferred" not in qry.obs and set(qry.uns) == before
+
+
+def test_three_dimensional_coordinates_are_used_as_they_are(halves):
+    """A flat 3-D point cloud (z = 0) gives the 2-D answer: the neighbourhoods live in the data's own space."""
+    ref, qry = (h.copy() for h in halves)
+    flat = [h.copy() for h in (ref, qry)]
+    for h in flat:
+        h.obsm["spatial"] = np.column_stack([np.asarray(h.obsm["spatial"])[:, :2], np.zeros(h.n_obs)])
+    two = tl.transfer_labels(ref, qry, "region")
+    three = tl.transfer_labels(flat[0], flat[1], "region")
+    assert (two.to_numpy() == three.to_numpy()).all()
+
+
 @pytest.mark.shared_data
 def test_baristaseq_layers_transfer_between_slices_as_normalised_values(shared_data):
     folder = shared_data / "baristaseq_visp_3slices"

@@ -207,9 +207,9 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     ----------
     reference : anndata.AnnData
         Cells x genes with ``obs[labels_key]`` (cells without a label are not learnt from)
-        and ``obsm[spatial_key]`` (µm or any one unit).
+        and ``obsm[spatial_key]`` (n, 2 or 3; µm or any one unit).
     query : anndata.AnnData
-        Cells x genes with ``obsm[spatial_key]``; gets the labels.
+        Cells x genes with ``obsm[spatial_key]`` (n, 2 or 3); gets the labels.
     labels_key : str
         The reference's labels.
     genes : sequence of str, optional
@@ -248,6 +248,8 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     ValueError
         Fewer than 2 shared genes (the count is given), fewer than 2 labels among the
         reference's cells, genes that one of them lacks, or values that are negative.
+    napari_spatial_nmf.core._memory.MemoryLimitError (a ValueError)
+        The cells' descriptions would not fit in memory (estimated before any work).
 
     Warns
     -----
@@ -284,6 +286,12 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     if labels[known].nunique() < 2:
         raise ValueError(f"obs[{labels_key!r}] of the reference holds {labels[known].nunique()} label(s) among its "
                          "cells; label transfer needs at least 2.")
+    from ..core._memory import check_memory
+
+    width = min(len(genes), TRANSFER_COMPONENTS if len(genes) > TRANSFER_MAX_GENES else len(genes))
+    check_memory(8 * 3 * (reference.n_obs + query.n_obs) * max(len(genes), (1 + len(neighbours)) * width),
+                 f"the descriptions of {reference.n_obs + query.n_obs:,} cells over {len(genes):,} genes",
+                 "Transfer fewer genes (genes=...) or fewer neighbourhood ranges.")
     described, flags = [], {}
     for name, a in (("reference", reference), ("query", query)):
         X = stored_matrix(a[:, genes], layer)
@@ -293,7 +301,7 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
                              "values (layer=...).")
         flags[name] = is_counts(X)
         sections = a.obs[section_key].to_numpy() if section_key in a.obs else np.zeros(a.n_obs)
-        coords = np.asarray(a.obsm[spatial_key], dtype=np.float64)[:, :2]
+        coords = np.asarray(a.obsm[spatial_key], dtype=np.float64)  # 2-D or 3-D: neighbours in the data's own space
         described.append([D.expression_description(X, sections, counts=flags[name]), coords, sections])
     if len(genes) > TRANSFER_MAX_GENES:  # many genes: the reference's principal components, both projected on them
         from sklearn.decomposition import PCA
