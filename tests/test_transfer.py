@@ -44,8 +44,8 @@ def test_osmfish_layers_reach_a_thinned_panel_through_the_surroundings(halves):
     with pytest.warns(UserWarning, match="Only 16 shared genes"):
         out = tl.transfer_labels(ref, panel, "region")
     score = ari(panel.obs["region"], out)
-    # measured 0.59; each cell by its own 16 thinned genes 0.21
-    assert score > 0.5
+    # measured 0.53; each cell by its own 16 thinned genes 0.19
+    assert score > 0.45
     with pytest.warns(UserWarning, match="Only 16"):
         alone = tl.transfer_labels(ref, panel, "region", neighbours=(), smooth=1, key_added="alone")
     assert score > ari(panel.obs["region"], alone) + 0.2
@@ -157,4 +157,4 @@ def test_domains_of_an_nnmf_that_left_cells_out_then_carried_to_a_panel(halves):
     with pytest.warns(UserWarning, match="Only 16"):
         out = tl.transfer_labels(ref, qry, "domain")
     assert out.notna().all() and set(out.cat.categories) <= set(domains.cat.categories)
-    assert ari(qry.obs["region"], out) > 0.4  # measured 0.50 (the domains themselves score 0.5-0.6 on the layers)
+    assert ari(qry.obs["region"], out) > 0.4  # measured 0.50 (the domains score 0.64 on the reference's own layers)
