@@ -260,6 +260,7 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     import warnings
 
     from ..core import domains as D
+    from ..core._memory import check_memory
     from ..core.sections import is_counts
 
     check_adata(reference), check_adata(query)
@@ -286,9 +287,7 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     if labels[known].nunique() < 2:
         raise ValueError(f"obs[{labels_key!r}] of the reference holds {labels[known].nunique()} label(s) among its "
                          "cells; label transfer needs at least 2.")
-    from ..core._memory import check_memory
-
-    width = min(len(genes), TRANSFER_COMPONENTS if len(genes) > TRANSFER_MAX_GENES else len(genes))
+    width = TRANSFER_COMPONENTS if len(genes) > TRANSFER_MAX_GENES else len(genes)  # of each description block
     check_memory(8 * 3 * (reference.n_obs + query.n_obs) * max(len(genes), (1 + len(neighbours)) * width),
                  f"the descriptions of {reference.n_obs + query.n_obs:,} cells over {len(genes):,} genes",
                  "Transfer fewer genes (genes=...) or fewer neighbourhood ranges.")
@@ -316,8 +315,8 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     near = D.neighbour_matrix(coords_q, sections_q, smooth) if smooth > 1 else None
     y = labels.astype(str).to_numpy()
     pred, prob, classes = D.transfer_labels(F_ref[known], y[known], F_query, near, random_state=random_state)
-    order = [str(c) for c in labels.cat.categories if str(c) in set(classes)] if hasattr(labels, "cat") else \
-        list(classes)
+    order = ([str(c) for c in labels.cat.categories if str(c) in set(classes)]
+             if isinstance(labels.dtype, pd.CategoricalDtype) else list(classes))
     confidence = float(prob.max(axis=1).mean())
     col = key_added or f"{labels_key}_transferred"
     notes = []
