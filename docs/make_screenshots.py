@@ -123,6 +123,39 @@ camera(viewer).angles = (-30.0, 30.0, 120.0)
 axes(viewer).visible = True
 shot(viewer, "07_starmap_3d.png")
 
+def label_transfer(viewer):
+    """The shipped osmFISH as two sections (its left half, its right half on 16 of the 33 genes),
+    NNMF domains of the left half, then the Label transfer dock carrying them to the right half.
+    """
+    import numpy as np
+
+    from napari_spatial_nmf import datasets
+    from napari_spatial_nmf._layers import cells_layer
+
+    fresh(viewer)
+    cells = datasets.osmfish()
+    cells = cells[(cells.obs["region"] != "Excluded").to_numpy()]
+    left = np.asarray(cells.obsm["spatial"])[:, 0] < np.median(np.asarray(cells.obsm["spatial"])[:, 0])
+    for a, name in ((cells[left].copy(), "osmFISH left half"), (cells[~left, :16].copy(), "right half, 16 genes")):
+        data, kw, _ = cells_layer(a, name)
+        viewer.add_points(data, **kw)
+    _, nn = viewer.window.add_plugin_dock_widget(PLUGIN, "Neighbourhood NMF (cells)")
+    nn.cells.value = viewer.layers["osmFISH left half"]
+    nn.n_components.value = 8
+    nn.max_iter.value = 300
+    nn.run()
+    wait(nn.runner)
+    viewer.window.remove_dock_widget("all")
+    viewer.layers["osmFISH left half NNMF weights"].visible = False
+    _, tr = viewer.window.add_plugin_dock_widget(PLUGIN, "Label transfer")
+    tr.reference.value = viewer.layers["osmFISH left half NNMF domains"]
+    tr.query.value = viewer.layers["right half, 16 genes"]
+    tr.run()
+    wait(tr.runner)
+    viewer.reset_view()
+    return tr
+
+
 def integrate_stahl(viewer, **values):
     """The Ståhl sample in a fresh window, the Integrate dock given ``values`` and run."""
     fresh(viewer)
@@ -151,4 +184,8 @@ shot(viewer, "09_integration_3d.png")
 ig = integrate_stahl(viewer, by_stability=True, n_factors=4, k_max=7, n_restarts=3, n_steps=100)
 ig.ensureWidgetVisible(ig.plot, 0, 0)  # the dock scrolled down to the curve
 shot(viewer, "10_integration_k_by_stability.png")
+
+# 11. Label transfer: the osmFISH left half's NNMF domains carried to the right half, cut to 16 genes
+label_transfer(viewer)
+shot(viewer, "11_label_transfer.png")
 viewer.close()

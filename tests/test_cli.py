@@ -128,3 +128,32 @@ def test_integrate_command_joint_nnmf_and_3d_on_stahl(tmp_path):
     assert len(cells) == 1031
     z = cells.groupby("section")["z_um"].mean().sort_index()
     assert list(z.round(6)) == [0.0, 100.0, 200.0, 300.0]
+
+
+def test_transfer_command_carries_the_osmfish_regions_to_a_small_panel(tmp_path, halves, capsys):
+    """`transfer`: the left half's expert regions onto the right half cut to 16 genes; the summary
+    scores them against the right half's own regions; the inputs are refused as the output."""
+    left, right = tmp_path / "left.h5ad", tmp_path / "right16.h5ad"
+    halves[0].write_h5ad(left)
+    halves[1][:, :16].copy().write_h5ad(right)
+    out = tmp_path / "transfer"
+    args = ["transfer", "--reference", str(left), "--query", str(right), "--labels-key", "region", "--quiet",
+            "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert all((out / f).exists() for f in summary["files"].values())
+    assert summary["n_genes"] == 16 and summary["ari"] > 0.45  # measured 0.54
+    assert any("Only 16 shared genes" in w for w in summary["warnings"])
+    labels = pd.read_csv(out / "labels.csv")
+    assert len(labels) == halves[1].n_obs and labels["confidence"].between(0, 1 + 1e-6).all()
+    res = ad.read_h5ad(out / "result.h5ad")
+    assert res.n_vars == 16 and "region_transferred" in res.obs and "region_transferred_probability" in res.obsm
+    capsys.readouterr()
+    # bad input: one line, exit 2, nothing written
+    for bad, message in ((["--labels-key", "layer"], "no obs['layer']"),
+                         (["--query", str(left)], "are the same file")):
+        argv = [*args[:-1], str(tmp_path / "bad")]
+        for i in range(0, len(bad), 2):
+            argv[argv.index(bad[i]) + 1] = bad[i + 1]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()

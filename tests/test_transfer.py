@@ -158,3 +158,21 @@ def test_domains_of_an_nnmf_that_left_cells_out_then_carried_to_a_panel(halves):
         out = tl.transfer_labels(ref, qry, "domain")
     assert out.notna().all() and set(out.cat.categories) <= set(domains.cat.categories)
     assert ari(qry.obs["region"], out) > 0.4  # measured 0.50 (the domains score 0.64 on the reference's own layers)
+
+
+def test_the_generator_checks_at_the_call_and_reports_each_stage(halves):
+    """iter_transfer_labels (what the dock runs): bad input raises at the call, before any work;
+    a run yields its stages (where Cancel stops it) and returns what transfer_labels returns."""
+    from napari_spatial_nmf.core import Progress, drain
+
+    ref, qry = halves
+    with pytest.raises(KeyError, match="no obs\\['layer'\\]"):
+        tl.iter_transfer_labels(ref, qry.copy(), "layer")
+    query = qry.copy()
+    seen = []
+    out = drain(tl.iter_transfer_labels(ref, query, "region"), seen.append)
+    assert all(isinstance(p, Progress) for p in seen) and len(seen) >= 4
+    assert [p.step for p in seen] == sorted(p.step for p in seen) and seen[-1].step == seen[-1].total
+    assert "mean confidence" in seen[-1].message
+    again = qry.copy()
+    pd.testing.assert_series_equal(out, tl.transfer_labels(ref, again, "region"))

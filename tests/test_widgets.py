@@ -477,3 +477,74 @@ def test_integration_dock_on_stahl_sections_then_3d(make_napari_viewer, qtbot):
     for lyr, (obsm, X) in zip(layers, before):
         assert set(lyr.metadata["adata"].obsm) == obsm
         assert (lyr.metadata["adata"].X != X).nnz == 0
+
+
+def test_label_transfer_dock_carries_layers_and_domains(make_napari_viewer, qtbot, halves):
+    """Label transfer dock: the osmFISH left half's expert regions onto the right half cut to
+    16 genes (a new layer in the reference's colours, scored against the right half's own
+    regions); then NNMF domains of the left half, from their domains layer, in its colours.
+    The inputs are untouched; a reference without labels is refused before any work."""
+    from napari_spatial_nmf import tl
+    from napari_spatial_nmf._layers import cells_layer, domain_layer
+    from napari_spatial_nmf._widgets.transfer import LabelTransferWidget
+    from napari_spatial_nmf.core.metrics import clustering_scores
+
+    ref, right = halves
+    panel = right[:, :16].copy()
+    viewer = make_napari_viewer()
+    for a, name in ((ref, "left half"), (panel, "right half, 16 genes")):
+        data, kw, _ = cells_layer(a, name)
+        viewer.add_points(data, **kw)
+    _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Label transfer")
+    assert isinstance(w, LabelTransferWidget)
+    w.reference.value = viewer.layers["left half"]
+    assert "region" in w.labels.choices and "cluster_name" in w.labels.choices
+    assert "cell_id" not in w.labels.choices  # one value per cell: an id, not labels
+    assert [c for c in w.query.choices] == [viewer.layers["right half, 16 genes"]]  # never the reference itself
+    w.labels.value = "region"
+    X_before = panel.X.copy()
+    w.run()
+    _wait(qtbot, w.runner)
+    out = viewer.layers["right half, 16 genes: region from left half"]
+    assert len(out.data) == panel.n_obs and "confidence" in out.features
+    conf = out.features["confidence"].to_numpy()
+    assert ((conf > 0) & (conf <= 1 + 1e-6)).all()
+    labels = out.features["region_transferred"].astype(str).to_numpy()
+    assert clustering_scores(panel.obs["region"].astype(str).to_numpy(), labels)["ari"] > 0.45  # measured 0.54
+    assert "Only 16 shared genes" in w.diagnostics.text() and "mean confidence" in w.runner.status.text()
+    assert w.legend.entries == [str(c) for c in w.result.adata.obs["region_transferred"].cat.categories]
+    w.color_by.value = "region"  # the query's own regions, named alike coloured alike
+    own = dict(zip(w.result.adata.obs["region"].cat.categories, w.result.adata.uns["region_colors"]))
+    for c in w.colors:
+        if c in own:
+            assert own[c] == w.colors[c]
+    w.color_by.value = "confidence"
+    assert out.face_contrast_limits == (0.0, 1.0)
+    np.testing.assert_array_equal(panel.X, X_before)
+    assert "region_transferred" not in panel.obs and viewer.layers["right half, 16 genes"].metadata["adata"] is panel
+    assert not viewer.layers["right half, 16 genes"].visible
+
+    # NNMF domains as the reference, from their layer: the layer's colours carry over
+    res = tl.nnmf(ref.copy(), 6, max_iter=100, filter_cells=True, copy=True)  # as the NNMF dock runs it
+    result = REGISTRY.add(res, "nnmf", "nnmf", "left half")
+    data, kw, _ = domain_layer(result, column="nnmf_domain", name="left half NNMF domains")
+    dom_layer = viewer.add_points(data, **kw)
+    w.reference.value = dom_layer
+    assert w.labels.value == "nnmf_domain"  # a result's domains are what it offers first
+    w.query.value = viewer.layers["right half, 16 genes"]
+    w.run()
+    _wait(qtbot, w.runner)
+    out = viewer.layers["right half, 16 genes: nnmf_domain from left half NNMF domains"]
+    palette = dom_layer.metadata["legend"]["colors"]
+    assert all(w.colors[c] == palette[c] for c in w.colors)
+    assert len(w.colors) >= 3
+
+    # a reference with no column of labels is refused at once; nothing is added
+    bare = ref.copy()
+    bare.obs = bare.obs[["x_um"]]
+    data, kw, _ = cells_layer(bare, "no labels")
+    viewer.add_points(data, **kw)
+    n = len(viewer.layers)
+    w.reference.value = viewer.layers["no labels"]
+    w.run()
+    assert "no column of labels" in w.runner.status.text() and len(viewer.layers) == n

@@ -11,6 +11,8 @@ Commands:
   nnmf        neighbourhood NMF of a cell point cloud (spatial gene programs)
   integrate   integrate several sections into shared spatial factors (INSPIRE or joint
               NNMF); rebuild 3D tissue from serial sections
+  transfer    carry labels (domains, layers, cell types) from a reference section to
+              another, e.g. a small panel, through their shared genes and surroundings
 
 Every command writes one complete set of files to --out (refusing a non-empty folder
 unless --overwrite) and prints a JSON summary that lists them. Exit status: 0 on success,
@@ -274,7 +276,7 @@ def _print_summary(summary: dict) -> None:
 def _inputs_of(args) -> list[tuple[str, str]]:
     """The files a command reads, for :class:`~napari_spatial_nmf.pipeline.OutputFolder`'s ``protect``."""
     paths = [*(getattr(args, "volumes", None) or []), *(getattr(args, "sections", None) or [])]
-    for name in ("cells", "atlas", "ontology"):
+    for name in ("cells", "atlas", "ontology", "reference", "query"):
         value = getattr(args, name, None)
         if value and not str(value).startswith("brainglobe:"):
             paths.append(value)
@@ -398,6 +400,24 @@ def _integrate(args) -> int:
         um_per_unit=args.um_per_unit, registration_refine=args.registration_refine, overwrite=args.overwrite,
         protect=_inputs_of(args), progress=report)
     bar.close()
+    _print_summary(summary)
+    return 0
+
+
+def _transfer(args) -> int:
+    from . import io, pipeline
+
+    if args.reference.resolve() == args.query.resolve():
+        raise ValueError("--reference and --query are the same file: give the section that has the labels and the "
+                         "one that should get them.")
+    _check_out(args)
+    reference = io.read_cells(args.reference, spatial_key=args.spatial_key)
+    query = io.read_cells(args.query, spatial_key=args.spatial_key)
+    _, summary = pipeline.run_transfer(reference, query, args.labels_key, args.out, genes=args.genes,
+                                       section_key=args.section_key, spatial_key=args.spatial_key,
+                                       neighbours=tuple(args.neighbours), smooth=args.smooth,
+                                       random_state=args.random_state, overwrite=args.overwrite,
+                                       protect=_inputs_of(args), progress=_progress(args))
     _print_summary(summary)
     return 0
 
@@ -560,6 +580,25 @@ def parser() -> argparse.ArgumentParser:
     ig.add_argument("--registration-refine", choices=["auto", "density", "fields", "none"], default="auto",
                     help="how each registration is refined: auto (the default) on the cell density between "
                          "single-cell sections, on the feature fields when a section is spots on an array")
+    tr = sub.add_parser("transfer", help="carry labels (domains, layers, cell types) from a reference section to "
+                                         "another through their shared genes and the cells' surroundings")
+    tr.add_argument("--reference", type=Path, required=True, metavar="FILE",
+                    help="an .h5ad (or SpatialData .zarr) whose cells have the labels")
+    tr.add_argument("--query", type=Path, required=True, metavar="FILE",
+                    help="an .h5ad (or SpatialData .zarr) whose cells get them (any panel sharing genes)")
+    tr.add_argument("--labels-key", required=True,
+                    help="the reference's obs column to carry; when the query has a column of that name too, the "
+                         "summary scores the transfer against it (ARI / NMI)")
+    _common(tr, k=False)
+    tr.add_argument("--genes", nargs="+", metavar="SYMBOL", help="only these genes (default: every shared gene)")
+    tr.add_argument("--section-key", default="section",
+                    help="obs column naming each cell's section when a file holds several (default section)")
+    tr.add_argument("--spatial-key", default="spatial", help="obsm key of the coordinates (default spatial)")
+    tr.add_argument("--neighbours", type=int, nargs="*", default=[6, 18, 54], metavar="K",
+                    help="nearest cells whose mean genes also describe each cell, one range per value (default 6 18 "
+                         "54; none: each cell by itself)")
+    tr.add_argument("--smooth", type=int, default=18,
+                    help="nearest query cells over which the label probabilities are averaged (default 18; 1: none)")
     return ap
 
 
@@ -636,8 +675,8 @@ def main(argv=None) -> int:
             if not args.headless and _has_display():
                 return _demo_gui(args.exit_after)
             return _demo_headless(args.out, args.overwrite)
-        return {"run": _run, "stability": _stability, "nnmf": _nnmf, "integrate": _integrate, "samples": _samples,
-                "fetch": _fetch_command, "osnmf": _osnmf}[args.command](args)
+        return {"run": _run, "stability": _stability, "nnmf": _nnmf, "integrate": _integrate, "transfer": _transfer,
+                "samples": _samples, "fetch": _fetch_command, "osnmf": _osnmf}[args.command](args)
     except (Exception, KeyboardInterrupt) as exc:
         if os.environ.get("NAPARI_SPATIAL_NMF_DEBUG") == "1":
             raise

@@ -362,6 +362,90 @@ def run_nnmf(adata: ad.AnnData, n_components: int, out, *, label_key: str | None
     return res, summary
 
 
+def transfer_colors(reference: ad.AnnData, labels_key: str, query: ad.AnnData, key: str,
+                    palette: dict | None = None) -> dict:
+    """One colour per label name on both sides of a transfer: the transferred labels
+    ``query.obs[key]`` take the reference's colours (``palette`` {label: colour} when it
+    names every label, e.g. the reference layer's legend; else scanpy's
+    ``uns[f"{labels_key}_colors"]``, else the palette in the reference's category order), and the query's own
+    ``obs[labels_key]``, if it has one, the same colour for the same name (names only it has
+    get colours no reference label uses). Writes ``query.uns[f"{key}_colors"]`` (and
+    ``query.uns[f"{labels_key}_colors"]``) and returns ``{label: colour}`` of them all.
+    """
+    import matplotlib
+
+    def categories(col):
+        return [str(c) for c in (col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype)
+                                 else sorted(col.dropna().astype(str).unique()))]
+
+    cats = categories(reference.obs[labels_key])
+    own = categories(query.obs[labels_key]) if labels_key in query.obs else []
+    extra = [c for c in own if c not in cats]
+    colors = pl.category_colors(cats, reference, labels_key) if len(cats) + len(extra) <= 10 or \
+        f"{labels_key}_colors" in reference.uns else pl.category_colors(cats + extra)
+    if palette and all(c in palette for c in cats):
+        colors = {c: str(palette[c]) for c in cats}
+    spare = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors]
+    spare = [c for c in spare if c not in set(colors.values())] or spare
+    colors.update({c: spare[i % len(spare)] for i, c in enumerate(c for c in extra if c not in colors)})
+    query.uns[f"{key}_colors"] = [colors[str(c)] for c in query.obs[key].cat.categories]
+    if own:
+        col = query.obs[labels_key]
+        query.obs[labels_key] = pd.Categorical(col.astype(str).where(col.notna(), None), categories=own)
+        query.uns[f"{labels_key}_colors"] = [colors[c] for c in own]
+    return colors
+
+
+def run_transfer(reference: ad.AnnData, query: ad.AnnData, labels_key: str, out, *, overwrite: bool = False,
+                 protect=(), progress: ProgressCallback = None, **kwargs) -> tuple[ad.AnnData, dict]:
+    """Carry ``reference.obs[labels_key]`` to the query (:func:`napari_spatial_nmf.tl.transfer_labels`,
+    ``kwargs`` passed on) and write ``result.h5ad`` (a copy of the query with the new keys),
+    ``labels.csv`` (cell, label, confidence), ``labels.png`` (beside the query's own
+    ``obs[labels_key]`` when it has one, its colours matched) and ``summary.json`` (genes,
+    labels and their counts, mean confidence, warnings; ARI / NMI against the query's own
+    ``obs[labels_key]`` when it has one).
+
+    Returns
+    -------
+    (AnnData, dict)
+        The result (a copy of the query) and the summary.
+    """
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    folder = OutputFolder(out, overwrite=overwrite, protect=protect)
+    res = query.copy()
+    gen = tl.iter_transfer_labels(reference, res, labels_key, **kwargs)  # checks the input at the call
+    with folder:
+        drain(gen, progress)
+        key = kwargs.get("key_added") or f"{labels_key}_transferred"
+        rec, lab = res.uns[key], res.obs[key]
+        confidence = np.asarray(res.obsm[f"{key}_probability"]).max(axis=1)
+        summary = {"n_reference_cells": reference.n_obs, "n_cells": res.n_obs, "labels_key": labels_key,
+                   "key_added": key, "n_genes": rec["n_genes"],
+                   "genes": list(rec["genes"]) if rec["n_genes"] <= 50 else "in result.h5ad, uns[key_added]",
+                   "labels": {str(c): int(n) for c, n in lab.value_counts(sort=False).items()},
+                   "mean_confidence": rec["mean_confidence"], "warnings": list(rec["warnings"]),
+                   "random_state": rec["params"]["random_state"]}
+        truth = labels_key in res.obs
+        if truth:
+            ok = res.obs[labels_key].notna().to_numpy()
+            own = res.obs[labels_key].astype(str).to_numpy()[ok]
+            summary["ari"] = float(adjusted_rand_score(own, lab.astype(str).to_numpy()[ok]))
+            summary["nmi"] = float(normalized_mutual_info_score(own, lab.astype(str).to_numpy()[ok]))
+        pd.DataFrame({"cell": res.obs_names, "label": lab.astype(object), "confidence": confidence}).to_csv(
+            folder.path("labels.csv"), index=False)
+        transfer_colors(reference, labels_key, res, key)
+        fig = pl._figure((7.2 if truth else 3.8, 3.6), False)
+        axes = fig.subplots(1, 2 if truth else 1, squeeze=False).ravel()
+        pl.domains(res, key, ax=axes[0], title=f"{labels_key}, transferred")
+        if truth:
+            pl.domains(res, labels_key, ax=axes[1], title=f"the query's own {labels_key}")
+        fig.savefig(folder.path("labels.png"), dpi=pl.DPI, bbox_inches="tight")
+        res.write_h5ad(folder.path("result.h5ad"), compression="gzip")
+        summary = _summary(folder, summary)
+    return res, summary
+
+
 def program_table(adata: ad.AnnData, key: str = "integration", n_top: int = 20) -> pd.DataFrame:
     """Top genes of each gene program with INSPIRE's loading and NNMF's specificity score.
 

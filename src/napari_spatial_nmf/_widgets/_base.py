@@ -158,7 +158,9 @@ class Legend(QWidget):
             self.grid.takeAt(0).widget().deleteLater()
         self.title = title
         if title:
-            self.grid.addWidget(QLabel(f"<b>{title}</b>"), 0, 0, 1, self.columns)
+            heading = QLabel(f"<b>{title}</b>")
+            heading.setWordWrap(True)  # a long title wraps rather than widening the dock
+            self.grid.addWidget(heading, 0, 0, 1, self.columns)
         for i, (name, color) in enumerate(colors.items()):
             label = QLabel(f'<span style="color:{color}; font-size:14px;">■</span> {name}')
             self.grid.addWidget(label, 1 + i // self.columns, i % self.columns)

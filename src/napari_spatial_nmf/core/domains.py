@@ -146,20 +146,24 @@ def expression_description(X, sections, *, counts: bool) -> np.ndarray:
     return standardise(M.toarray(), sections)
 
 
-def transfer_labels(F_reference: np.ndarray, labels: np.ndarray, F_query: np.ndarray, near: sp.csr_matrix | None,
-                    *, C: float = 0.1, random_state: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels carried from reference cells to query cells by a multinomial logistic regression
-    (scikit-learn, L2 penalty ``C``) on their descriptions, each query cell's class
-    probabilities then averaged over its nearest cells (``near``: a row-stochastic
+def label_classifier(F_reference: np.ndarray, labels: np.ndarray, *, C: float = 0.1, random_state: int = 0):
+    """A multinomial logistic regression (scikit-learn, L2 penalty ``C``) of the reference
+    cells' labels on their descriptions (n_reference, n_features).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=2000, random_state=random_state).fit(F_reference, labels)
+
+
+def predict_labels(clf, F_query: np.ndarray, near: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The query cells' labels from ``clf`` (:func:`label_classifier`), each cell's class
+    probabilities averaged over its nearest cells (``near``: a row-stochastic
     :func:`neighbour_matrix` of the query; None for no averaging).
 
     Returns
     -------
     (labels, probabilities, classes) : (n_query,) labels, (n_query, n_classes) float64, (n_classes,)
     """
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(C=C, max_iter=2000, random_state=random_state).fit(F_reference, labels)
     prob = clf.predict_proba(F_query)
     if near is not None:
         prob = np.asarray(near @ prob)

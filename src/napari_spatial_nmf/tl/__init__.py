@@ -44,7 +44,7 @@ from ._nnmf import (
 )
 from ._reconstruct import iter_reconstruct_3d, reconstruct_3d
 from ._regions import region_combinations, region_correlation
-from ._scores import cluster_domains, factor_scores, integration_scores, transfer_labels
+from ._scores import cluster_domains, factor_scores, integration_scores, iter_transfer_labels, transfer_labels
 from ._stability import iter_stability, stability
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "iter_osnmf_suite",
     "iter_reconstruct_3d",
     "iter_stability",
+    "iter_transfer_labels",
     "marker_genes",
     "morans_i",
     "network_edges",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from ..core import metrics as _M
+from ..core._progress import Progress
 from ..core._validation import check_int
-from ._common import check_adata, store_result, stored_matrix
+from ._common import blocking, check_adata, store_result, stored_matrix, tool
 
 PROGRAM_KEYS = ("{key}_programs", "{key}_signatures", "{key}_coefficients")
 
@@ -174,10 +177,11 @@ TRANSFER_MAX_GENES = 200  # more shared genes than this are described by the ref
 TRANSFER_COMPONENTS = 50  # this many (the regression's cost grows with the genes x the neighbourhood ranges)
 
 
-def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *, genes=None,
-                    layer: str | None = None, section_key: str = "section", spatial_key: str = "spatial",
-                    neighbours=TRANSFER_NEIGHBOURS, smooth: int = TRANSFER_SMOOTH, random_state: int = 0,
-                    key_added: str | None = None) -> pd.Series:
+@tool
+def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *, genes=None,
+                         layer: str | None = None, section_key: str = "section", spatial_key: str = "spatial",
+                         neighbours=TRANSFER_NEIGHBOURS, smooth: int = TRANSFER_SMOOTH, random_state: int = 0,
+                         key_added: str | None = None) -> Generator[Progress, None, pd.Series]:
     """Carry labels (spatial domains, expert layers, cell types) from a reference section to a
     query section through the genes they share and the cells' surroundings.
 
@@ -202,6 +206,10 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     reference mapping (as Seurat's ``TransferData`` and scanpy's ``ingest`` carry labels
     across data sets), with the multi-range spatial description of MENDER (Yuan 2024) that
     :func:`cluster_domains` uses.
+
+    ``iter_transfer_labels`` is the generator (it yields
+    :class:`~napari_spatial_nmf.core.Progress` between its stages, so a GUI can cancel it;
+    the input is checked at the call); ``transfer_labels`` is its blocking twin.
 
     Parameters
     ----------
@@ -291,17 +299,22 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
     check_memory(8 * 3 * (reference.n_obs + query.n_obs) * max(len(genes), (1 + len(neighbours)) * width),
                  f"the descriptions of {reference.n_obs + query.n_obs:,} cells over {len(genes):,} genes",
                  "Transfer fewer genes (genes=...) or fewer neighbourhood ranges.")
-    described, flags = [], {}
+    matrices, flags = {}, {}
     for name, a in (("reference", reference), ("query", query)):
         X = stored_matrix(a[:, genes], layer)
         X = X.tocsr() if sp.issparse(X) else sp.csr_matrix(np.asarray(X, dtype=np.float64))
         if X.nnz and X.data.min() < 0:
             raise ValueError(f"The {name}'s values are negative (e.g. scaled data): give counts or normalised "
                              "values (layer=...).")
-        flags[name] = is_counts(X)
+        matrices[name], flags[name] = X, is_counts(X)
+    total = 3
+    yield Progress(0, total, f"describing {reference.n_obs:,} reference cells over {len(genes):,} shared genes")
+    described = []
+    for name, a in (("reference", reference), ("query", query)):
         sections = a.obs[section_key].to_numpy() if section_key in a.obs else np.zeros(a.n_obs)
         coords = np.asarray(a.obsm[spatial_key], dtype=np.float64)  # 2-D or 3-D: neighbours in the data's own space
-        described.append([D.expression_description(X, sections, counts=flags[name]), coords, sections])
+        described.append([D.expression_description(matrices[name], sections, counts=flags[name]), coords, sections])
+    del matrices
     if len(genes) > TRANSFER_MAX_GENES:  # many genes: the reference's principal components, both projected on them
         from sklearn.decomposition import PCA
 
@@ -312,9 +325,12 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
         if neighbours:
             d[0] = np.hstack([d[0], D.neighbourhood_features(d[0], d[1], d[2], neighbours)])
     (F_ref, _, _), (F_query, coords_q, sections_q) = described
-    near = D.neighbour_matrix(coords_q, sections_q, smooth) if smooth > 1 else None
     y = labels.astype(str).to_numpy()
-    pred, prob, classes = D.transfer_labels(F_ref[known], y[known], F_query, near, random_state=random_state)
+    yield Progress(1, total, f"learning {labels[known].nunique()} labels from {int(known.sum()):,} reference cells")
+    clf = D.label_classifier(F_ref[known], y[known], random_state=random_state)
+    yield Progress(2, total, f"labelling {query.n_obs:,} query cells")
+    near = D.neighbour_matrix(coords_q, sections_q, smooth) if smooth > 1 else None
+    pred, prob, classes = D.predict_labels(clf, F_query, near)
     order = ([str(c) for c in labels.cat.categories if str(c) in set(classes)]
              if isinstance(labels.dtype, pd.CategoricalDtype) else list(classes))
     confidence = float(prob.max(axis=1).mean())
@@ -326,8 +342,8 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
         notes.append(f"The query's cells are not confidently any of the reference's labels (mean highest "
                      f"probability {confidence:.2f}): the sections may not hold the same structures, or the shared "
                      "genes do not tell them apart.")
-    for note in notes:
-        warnings.warn(note, UserWarning, stacklevel=2)
+    for note in notes:  # at the caller of transfer_labels (through drain and the tool's resume)
+        warnings.warn(note, UserWarning, stacklevel=5)
     store_result(query, col, "transfer_labels",
                  {"labels_key": labels_key, "layer": layer, "section_key": section_key, "spatial_key": spatial_key,
                   "neighbours": list(neighbours), "smooth": smooth, "random_state": random_state,
@@ -337,7 +353,11 @@ def transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *
                          "warnings": notes},
                  obs={col: pd.Categorical(pred, categories=order)},
                  obsm={f"{col}_probability": prob.astype(np.float32)})
+    yield Progress(total, total, f"{query.n_obs:,} cells labelled; mean confidence {confidence:.2f}")
     return query.obs[col]
+
+
+transfer_labels = blocking(iter_transfer_labels, "transfer_labels")
 
 
 def integration_scores(adata: ad.AnnData, labels_key: str, *, domain_key: str, key: str = "integration",
