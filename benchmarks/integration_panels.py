@@ -436,7 +436,8 @@ def panel_transfer(a, log) -> dict:
     """Label transfer instead of shared programs (``tl.transfer_labels``; no integration; labels
     unused except by the oracle): 151673's domains from an NNMF of 151673 alone (all its genes,
     K = ``-k``) carried to the panel section through the panel genes and their surroundings.
-    The oracle carries 151673's expert layers the same way."""
+    The oracle carries 151673's expert layers the same way; ``_depth_unmatched``: without
+    thinning 151673's counts to the panel's depth first."""
     from napari_spatial_nmf.tl._scores import TRANSFER_SMOOTH
 
     secs, panel, labels = panel_sections(a.quick)
@@ -455,8 +456,11 @@ def panel_transfer(a, log) -> dict:
         ari_a = clustering_scores(yA[okA], A.obs["d"].to_numpy()[okA])["ari"]
         out = {"seed": seed, "ari_151673_domains": round(ari_a, 4)}
         for name, key in (("transfer", "d"), ("oracle_layers", labels)):
-            for how, smooth in (("", 1), ("_smoothed", opts.get("smooth", TRANSFER_SMOOTH))):
-                pred = tl.transfer_labels(A, Bp, key, **{**opts, "smooth": smooth}, key_added="t").to_numpy()
+            smoothed = opts.get("smooth", TRANSFER_SMOOTH)
+            for how, smooth, depth in (("", 1, True), ("_smoothed", smoothed, True),
+                                       ("_smoothed_depth_unmatched", smoothed, False)):
+                pred = tl.transfer_labels(A, Bp, key, **{**opts, "smooth": smooth}, match_depth=depth,
+                                          key_added="t").to_numpy()
                 out[f"ari_151674_{name}{how}"] = round(clustering_scores(yB[okB], pred[okB])["ari"], 4)
                 out[f"confidence_{name}{how}"] = round(Bp.uns["t"]["mean_confidence"], 3)
         rows.append(out)

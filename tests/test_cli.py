@@ -142,7 +142,7 @@ def test_transfer_command_carries_the_osmfish_regions_to_a_small_panel(tmp_path,
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert all((out / f).exists() for f in summary["files"].values())
-    assert summary["n_genes"] == 16 and summary["ari"] > 0.45  # measured 0.54
+    assert summary["n_genes"] == 16 and summary["ari"] > 0.5  # measured 0.58
     assert any("Only 16 shared genes" in w for w in summary["warnings"])
     labels = pd.read_csv(out / "labels.csv")
     assert len(labels) == halves[1].n_obs and labels["confidence"].between(0, 1 + 1e-6).all()

@@ -44,8 +44,12 @@ def test_osmfish_layers_reach_a_thinned_panel_through_the_surroundings(halves):
     with pytest.warns(UserWarning, match="Only 16 shared genes"):
         out = tl.transfer_labels(ref, panel, "region")
     score = ari(panel.obs["region"], out)
-    # measured 0.53; each cell by its own 16 thinned genes 0.19
-    assert score > 0.45
+    # measured 0.62 (0.53 without thinning the reference to the panel's depth); each cell by its own 16 genes 0.19
+    assert score > 0.52
+    unmatched = tl.transfer_labels(ref, panel.copy(), "region", match_depth=False)
+    assert score > ari(panel.obs["region"], unmatched) + 0.04
+    kept = panel.uns["region_transferred"]["depth_kept"]
+    assert 0.1 < kept["median"] < 0.5  # the panel's capture, 0.3 x log-normal(0, 0.5) per gene, found from the data
     with pytest.warns(UserWarning, match="Only 16"):
         alone = tl.transfer_labels(ref, panel, "region", neighbours=(), smooth=1, key_added="alone")
     assert score > ari(panel.obs["region"], alone) + 0.2
@@ -141,7 +145,8 @@ def test_dlpfc_layers_reach_a_100_gene_panel_of_the_adjacent_section(shared_data
     panel = thinned_panel(shared, 100, genes=shared.var_names[np.sort(np.argsort(variance)[-100:])])
     out = tl.transfer_labels(A, panel, "layer")
     assert panel.uns["layer_transferred"]["n_genes"] == 100
-    assert ari(panel.obs["layer"], out) > 0.58  # measured 0.65 (random 100 genes, mostly a few UMIs: 0.36)
+    # measured 0.65 (0.60 without thinning 151673 to the panel's depth; random 100 genes, mostly a few UMIs: 0.36)
+    assert ari(panel.obs["layer"], out) > 0.6
 
 
 def test_domains_of_an_nnmf_that_left_cells_out_then_carried_to_a_panel(halves):

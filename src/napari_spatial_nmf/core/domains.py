@@ -146,6 +146,33 @@ def expression_description(X, sections, *, counts: bool) -> np.ndarray:
     return standardise(M.toarray(), sections)
 
 
+def match_depth(X_reference: sp.csr_matrix, X_query: sp.csr_matrix, rng: np.random.Generator
+                ) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The reference's counts binomially thinned, gene by gene, to the query's mean count per
+    cell where the query's is lower (a shallower panel, a lower capture; never thickened), so
+    that a classifier learns from cells as noisy as the ones it will label.
+
+    Parameters
+    ----------
+    X_reference, X_query : scipy.sparse.csr_matrix
+        (n_reference, G) and (n_query, G) counts over the same genes.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    (X, ratio) : (n_reference, G) float64 csr counts, (G,) float64 in [0, 1]
+        The thinned counts and each gene's kept fraction (1: unchanged).
+    """
+    mean_r = np.asarray(X_reference.mean(axis=0)).ravel()
+    mean_q = np.asarray(X_query.mean(axis=0)).ravel()
+    ratio = np.clip(mean_q / np.maximum(mean_r, 1e-12), 0.0, 1.0)
+    ratio[mean_r <= 0] = 1.0
+    X = sp.csr_matrix(X_reference, dtype=np.float64, copy=True)
+    X.data = rng.binomial(np.round(X.data).astype(np.int64), ratio[X.indices]).astype(np.float64)
+    X.eliminate_zeros()
+    return X, ratio
+
+
 def label_classifier(F_reference: np.ndarray, labels: np.ndarray, *, C: float = 0.1, random_state: int = 0):
     """A multinomial logistic regression (scikit-learn, L2 penalty ``C``) of the reference
     cells' labels on their descriptions (n_reference, n_features).

@@ -180,8 +180,8 @@ TRANSFER_COMPONENTS = 50  # this many (the regression's cost grows with the gene
 @tool
 def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *, genes=None,
                          layer: str | None = None, section_key: str = "section", spatial_key: str = "spatial",
-                         neighbours=TRANSFER_NEIGHBOURS, smooth: int = TRANSFER_SMOOTH, random_state: int = 0,
-                         key_added: str | None = None) -> Generator[Progress, None, pd.Series]:
+                         neighbours=TRANSFER_NEIGHBOURS, smooth: int = TRANSFER_SMOOTH, match_depth: bool = True,
+                         random_state: int = 0, key_added: str | None = None) -> Generator[Progress, None, pd.Series]:
     """Carry labels (spatial domains, expert layers, cell types) from a reference section to a
     query section through the genes they share and the cells' surroundings.
 
@@ -195,6 +195,10 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
     regression (scikit-learn, ``C = 0.1``) learns the reference's labels from these
     descriptions and predicts the query's; each query cell's class probabilities are then
     averaged over its ``smooth`` nearest cells.
+
+    When both hold counts, the reference's shared genes are first thinned (binomially, gene by
+    gene) to the query's mean count per cell wherever the query's is lower, so the regression
+    learns from cells as noisy as those it labels (``match_depth``).
 
     Measured (``benchmarks/integration_panels.py --parts panel_transfer``, 5 seeds;
     docs/integration.md): DLPFC 151674 cut to a 100-gene panel with thinned counts gets the
@@ -234,8 +238,11 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
         averaged; ``()`` describes cells by themselves.
     smooth : int
         Nearest query cells over which the class probabilities are averaged (1: none).
+    match_depth : bool
+        Thin the reference's counts to the query's depth, gene by gene, where the query's is
+        lower (counts on both sides only; normalised values are used as given).
     random_state : int
-        The regression's seed.
+        The seed of the thinning and the regression.
     key_added : str, optional
         Default ``f"{labels_key}_transferred"``.
 
@@ -307,6 +314,10 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
             raise ValueError(f"The {name}'s values are negative (e.g. scaled data): give counts or normalised "
                              "values (layer=...).")
         matrices[name], flags[name] = X, is_counts(X)
+    kept = None
+    if match_depth and flags["reference"] and flags["query"]:  # learn from cells as noisy as the query's
+        matrices["reference"], kept = D.match_depth(matrices["reference"], matrices["query"],
+                                                    np.random.default_rng(random_state))
     total = 3
     yield Progress(0, total, f"describing {reference.n_obs:,} reference cells over {len(genes):,} shared genes")
     described = []
@@ -346,10 +357,13 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
         warnings.warn(note, UserWarning, stacklevel=5)
     store_result(query, col, "transfer_labels",
                  {"labels_key": labels_key, "layer": layer, "section_key": section_key, "spatial_key": spatial_key,
-                  "neighbours": list(neighbours), "smooth": smooth, "random_state": random_state,
+                  "neighbours": list(neighbours), "smooth": smooth, "match_depth": match_depth,
+                  "random_state": random_state,
                   "source": "logistic-regression label transfer over shared genes and surroundings (this project)"},
                  record={"classes": list(classes), "genes": genes, "n_genes": len(genes),
                          "counts": {k: bool(v) for k, v in flags.items()}, "mean_confidence": confidence,
+                         "depth_kept": None if kept is None else {"median": float(np.median(kept)),
+                                                                  "min": float(kept.min())},
                          "warnings": notes},
                  obs={col: pd.Categorical(pred, categories=order)},
                  obsm={f"{col}_probability": prob.astype(np.float32)})
