@@ -246,8 +246,8 @@ def heldout(a, log) -> dict:
 
 
 def thin(X: sp.csr_matrix, efficiency: np.ndarray, rng) -> sp.csr_matrix:
-    """Binomial thinning of each gene's counts by its capture efficiency."""
-    X = sp.csr_matrix(X, dtype=np.float64)
+    """Binomial thinning of each gene's counts by its capture efficiency (a new matrix)."""
+    X = sp.csr_matrix(X, dtype=np.float64, copy=True)
     X.data = rng.binomial(np.round(X.data).astype(np.int64), efficiency[X.indices]).astype(np.float64)
     X.eliminate_zeros()
     return X

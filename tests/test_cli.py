@@ -144,6 +144,7 @@ def test_transfer_command_carries_the_osmfish_regions_to_a_small_panel(tmp_path,
     assert all((out / f).exists() for f in summary["files"].values())
     assert summary["n_genes"] == 16 and summary["ari"] > 0.5  # measured 0.58
     assert any("Only 16 shared genes" in w for w in summary["warnings"])
+    assert 0 < summary["depth_kept"]["median"] <= 1
     labels = pd.read_csv(out / "labels.csv")
     assert len(labels) == halves[1].n_obs and labels["confidence"].between(0, 1 + 1e-6).all()
     res = ad.read_h5ad(out / "result.h5ad")

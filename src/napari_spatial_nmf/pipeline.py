@@ -402,7 +402,7 @@ def run_transfer(reference: ad.AnnData, query: ad.AnnData, labels_key: str, out,
     ``kwargs`` passed on) and write ``result.h5ad`` (a copy of the query with the new keys),
     ``labels.csv`` (cell, label, confidence), ``labels.png`` (beside the query's own
     ``obs[labels_key]`` when it has one, its colours matched) and ``summary.json`` (genes,
-    labels and their counts, mean confidence, warnings; ARI / NMI against the query's own
+    labels and their counts, mean confidence, the depth thinning, warnings; ARI / NMI against the query's own
     ``obs[labels_key]`` when it has one).
 
     Returns
@@ -424,7 +424,8 @@ def run_transfer(reference: ad.AnnData, query: ad.AnnData, labels_key: str, out,
                    "key_added": key, "n_genes": rec["n_genes"],
                    "genes": list(rec["genes"]) if rec["n_genes"] <= 50 else "in result.h5ad, uns[key_added]",
                    "labels": {str(c): int(n) for c, n in lab.value_counts(sort=False).items()},
-                   "mean_confidence": rec["mean_confidence"], "warnings": list(rec["warnings"]),
+                   "mean_confidence": rec["mean_confidence"], "depth_kept": rec["depth_kept"],
+                   "warnings": list(rec["warnings"]),
                    "random_state": rec["params"]["random_state"]}
         truth = labels_key in res.obs
         if truth:

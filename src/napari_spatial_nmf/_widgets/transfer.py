@@ -154,9 +154,12 @@ class LabelTransferWidget(Dock):
         self.color_by.value = key
         query.visible = False
         counts = adata.obs[key].value_counts()
+        kept = rec.get("depth_kept")
+        depth = (f" The reference's counts were thinned to the query's depth (a gene keeps {kept['median']:.0%} "
+                 "of its counts, the median)." if kept and kept["median"] < 0.95 else "")
         self.runner.status.setText(
             f"{adata.n_obs:,} cells labelled over {rec['n_genes']:,} shared genes: {int((counts > 0).sum())} of "
-            f"{len(cats)} labels used; mean confidence {rec['mean_confidence']:.2f}.")
+            f"{len(cats)} labels used; mean confidence {rec['mean_confidence']:.2f}.{depth}")
         self.diagnostics.setText("\n".join(str(w) for w in rec["warnings"]))
 
     def _recolor(self, value) -> None:
