@@ -502,6 +502,7 @@ def test_label_transfer_dock_carries_layers_and_domains(make_napari_viewer, qtbo
     assert "cell_id" not in w.labels.choices  # one value per cell: an id, not labels
     assert [c for c in w.query.choices] == [viewer.layers["right half, 16 genes"]]  # never the reference itself
     w.labels.value = "region"
+    assert w.section_key.value is None and "region" in w.section_key.choices  # offered, never guessed from labels
     X_before = panel.X.copy()
     w.run()
     _wait(qtbot, w.runner)

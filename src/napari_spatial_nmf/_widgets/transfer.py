@@ -63,12 +63,17 @@ class LabelTransferWidget(Dock):
                                tooltip="the reference's obs column to carry")
         self.query = ComboBox(label="query cells", choices=self._query_choices,
                               tooltip="the layer whose cells get the labels (any panel sharing genes)")
+        self.section_key = ComboBox(label="section key", choices=self._section_choices, nullable=True,
+                                    tooltip="obs column naming each cell's section when a layer holds several: "
+                                            "genes are standardised and neighbours taken within each section")
         self.smooth = SpinBox(label="average over (cells)", min=1, max=1000, value=TRANSFER_SMOOTH,
                               tooltip="each query cell's label probabilities are averaged over this many nearest "
                                       "cells (1: none)")
         self.seed = SpinBox(label="random state", min=0, max=2**31 - 1, value=0)
-        self.form = Container(widgets=[self.reference, self.labels, self.query, self.smooth, self.seed])
+        self.form = Container(widgets=[self.reference, self.labels, self.query, self.section_key, self.smooth,
+                                       self.seed])
         self.reference.changed.connect(self._on_reference)
+        self.query.changed.connect(self._on_query)
         self.runner = JobRunner("Transfer labels")
         self.runner.run_button.clicked.connect(self.run)
         self.diagnostics = QLabel("")
@@ -92,6 +97,21 @@ class LabelTransferWidget(Dock):
         layers = [(n, lyr) for n, lyr in cell_layer_choices(self.viewer) if lyr is not ref]
         return sorted(layers, key=lambda c: RESULT_ID in c[1].metadata)
 
+    def _section_choices(self, _w=None) -> list[str]:
+        """Section columns of either layer (categories shared by many cells, as the NNMF dock's slice key)."""
+        from .nnmf import slice_key_choices
+
+        layers = [getattr(self, n).value for n in ("reference", "query") if hasattr(self, n)]
+        keys = [k for lyr in layers if lyr is not None for k in slice_key_choices(lyr.metadata["adata"].obs)]
+        return list(dict.fromkeys(keys))
+
+    def _on_query(self, _value=None) -> None:
+        """A section key only when a layer has a column named like one (never guessed from labels)."""
+        self.section_key.reset_choices()
+        if self.section_key.value is None:
+            names = [k for k in self.section_key.choices if k in ("section", "slice", "sample", "batch")]
+            self.section_key.value = names[0] if names else None
+
     def _on_reference(self, _value=None) -> None:
         """A new reference: its labels, a domain column first (what NNMF results hold), and the
         query choices without it.
@@ -101,6 +121,7 @@ class LabelTransferWidget(Dock):
         if first:
             self.labels.value = first[0]
         self.query.reset_choices()
+        self._on_query()
 
     def _job(self):
         ref, query = self.reference.value, self.query.value
@@ -116,7 +137,12 @@ class LabelTransferWidget(Dock):
         if ref.metadata.get("spatial_key", "spatial") != sk:
             raise ValueError(f"The layers keep their coordinates under different keys "
                              f"({ref.metadata.get('spatial_key')!r}, {sk!r}).")
+        section_key = self.section_key.value
+        if section_key is not None and section_key == self.labels.value:
+            raise ValueError(f"{section_key!r} is both the labels and the section key: choose another section key "
+                             "(or none).")
         job = tl.iter_transfer_labels(reference, adata, self.labels.value, spatial_key=sk,
+                                      section_key=section_key,
                                       smooth=int(self.smooth.value), random_state=int(self.seed.value))
         return job, adata, ref, query
 

@@ -179,7 +179,7 @@ TRANSFER_COMPONENTS = 50  # this many (the regression's cost grows with the gene
 
 @tool
 def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: str, *, genes=None,
-                         layer: str | None = None, section_key: str = "section", spatial_key: str = "spatial",
+                         layer: str | None = None, section_key: str | None = "section", spatial_key: str = "spatial",
                          neighbours=TRANSFER_NEIGHBOURS, smooth: int = TRANSFER_SMOOTH, match_depth: bool = True,
                          random_state: int = 0, key_added: str | None = None) -> Generator[Progress, None, pd.Series]:
     """Carry labels (spatial domains, expert layers, cell types) from a reference section to a
@@ -228,9 +228,10 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
         The genes to use (default every gene both measured).
     layer : str, optional
         Use ``layers[layer]`` of both instead of ``X``.
-    section_key : str
+    section_key : str or None
         ``obs`` column naming each cell's section when an AnnData holds several: genes are
-        standardised and neighbourhoods taken within each section (absent: one section).
+        standardised and neighbourhoods taken within each section (absent, or None: each
+        AnnData is one section).
     spatial_key : str
         The coordinates in ``obsm``.
     neighbours : sequence of int
@@ -322,7 +323,8 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
     yield Progress(0, total, f"describing {reference.n_obs:,} reference cells over {len(genes):,} shared genes")
     described = []
     for name, a in (("reference", reference), ("query", query)):
-        sections = a.obs[section_key].to_numpy() if section_key in a.obs else np.zeros(a.n_obs)
+        sections = a.obs[section_key].to_numpy() if section_key is not None and section_key in a.obs \
+            else np.zeros(a.n_obs)
         coords = np.asarray(a.obsm[spatial_key], dtype=np.float64)  # 2-D or 3-D: neighbours in the data's own space
         described.append([D.expression_description(matrices[name], sections, counts=flags[name]), coords, sections])
     del matrices
