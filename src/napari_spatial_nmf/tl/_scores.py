@@ -202,9 +202,9 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
 
     Measured (``benchmarks/integration_panels.py --parts panel_transfer``, 5 seeds;
     docs/integration.md): DLPFC 151674 cut to a 100-gene panel with thinned counts gets the
-    domains of an NNMF of 151673 (all genes) at layer ARI 0.50 ± 0.06, against 0.39 ± 0.04 for
-    the domains of an integration over the union of the panels; from 151673's expert layers
-    it gets 0.63 ± 0.02.
+    domains of an NNMF of 151673 (all genes) at layer ARI 0.53 ± 0.07 (0.50 ± 0.06 without
+    matching the depth), against 0.39 ± 0.04 for the domains of an integration over the union
+    of the panels; from 151673's expert layers it gets 0.66 ± 0.01 (0.63 ± 0.02).
 
     Source: this project's method; the logistic-regression label transfer of single-cell
     reference mapping (as Seurat's ``TransferData`` and scanpy's ``ingest`` carry labels
