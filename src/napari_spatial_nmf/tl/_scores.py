@@ -315,12 +315,12 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
             raise ValueError(f"The {name}'s values are negative (e.g. scaled data): give counts or normalised "
                              "values (layer=...).")
         matrices[name], flags[name] = X, is_counts(X)
+    total = 3
+    yield Progress(0, total, f"describing {reference.n_obs:,} reference cells over {len(genes):,} shared genes")
     kept = None
     if match_depth and flags["reference"] and flags["query"]:  # learn from cells as noisy as the query's
         matrices["reference"], kept = D.match_depth(matrices["reference"], matrices["query"],
                                                     np.random.default_rng(random_state))
-    total = 3
-    yield Progress(0, total, f"describing {reference.n_obs:,} reference cells over {len(genes):,} shared genes")
     described = []
     for name, a in (("reference", reference), ("query", query)):
         sections = a.obs[section_key].to_numpy() if section_key is not None and section_key in a.obs \
@@ -355,6 +355,7 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
         notes.append(f"The query's cells are not confidently any of the reference's labels (mean highest "
                      f"probability {confidence:.2f}): the sections may not hold the same structures, or the shared "
                      "genes do not tell them apart.")
+    yield Progress(total, total, f"{query.n_obs:,} cells labelled; mean confidence {confidence:.2f}")
     for note in notes:  # at the caller of transfer_labels (through drain and the tool's resume)
         warnings.warn(note, UserWarning, stacklevel=5)
     store_result(query, col, "transfer_labels",
@@ -368,8 +369,7 @@ def iter_transfer_labels(reference: ad.AnnData, query: ad.AnnData, labels_key: s
                                                                   "min": float(kept.min())},
                          "warnings": notes},
                  obs={col: pd.Categorical(pred, categories=order)},
-                 obsm={f"{col}_probability": prob.astype(np.float32)})
-    yield Progress(total, total, f"{query.n_obs:,} cells labelled; mean confidence {confidence:.2f}")
+                 obsm={f"{col}_probability": prob.astype(np.float32)})  # after the last yield: a cancel adds nothing
     return query.obs[col]
 
 
