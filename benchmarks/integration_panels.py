@@ -50,6 +50,11 @@ Eight experiments on real data (``../shared/data``), joint NNMF, mean ± s.d. ov
     layers with the integrated domains (does each layer sit on domains both data sets use?),
     each data set's layer ARI after integration and alone (the same pipeline on its own
     cells and genes), and the imputation of each shared gene when it is hidden from osmFISH.
+``crosstech_transfer``
+    The same two data sets by label transfer over their 9 shared genes (no integration): each
+    data set's expert layers carried to the other (an oracle for what the 9 genes carry), and
+    osmFISH's own domains (an NNMF of osmFISH alone) carried to BARISTAseq; per layer, where its
+    cells land, and whether a layer's most common domain is the same in both data sets.
 ``dlpfc_k``
     DLPFC 151673-151676: the K chosen by stability (restarts per K) against the best fixed K,
     per-section ARI.
@@ -581,6 +586,48 @@ def crosstech(a, log) -> dict:
     return {"shared_genes": shared, "n_domains": n_dom, "rows": rows}
 
 
+def crosstech_transfer(a, log) -> dict:
+    """Label transfer between the two technologies (``tl.transfer_labels``, 9 shared genes)."""
+    secs, labels = barista((1, 2, 3), a.quick)
+    for i, s in enumerate(secs):
+        s.obs["layer"] = s.obs[labels].astype(str).map(LAYER)
+        s.obs["section"] = f"slice{i + 1}"
+    B = ad.concat(secs, index_unique="-")
+    B.obs["layer"] = B.obs["layer"].astype("category")
+    osm = osmfish(a.quick)
+    osm.obs["layer"] = pd.Categorical(osm.obs["region"].astype(str).map(LAYER).fillna(osm.obs["region"].astype(str)))
+    opts = {"neighbours": (3, 6), "smooth": 6} if a.quick else {}
+
+    def carried(ref, query, key):
+        q = query.copy()
+        pred = tl.transfer_labels(ref, q, key, key_added="t", **opts).astype(str)
+        lay = q.obs["layer"].astype(str)
+        where = pd.crosstab(lay.to_numpy(), pred.to_numpy(), normalize="index").round(3)
+        return q, pred, {"ari": round(clustering_scores(lay.to_numpy(), pred.to_numpy())["ari"], 4),
+                         "mean_confidence": round(q.uns["t"]["mean_confidence"], 3), "where": where.T.to_dict()}
+
+    out = {"shared_genes": sorted(set(B.var_names) & set(osm.var_names))}
+    for name, ref, query in (("layers_baristaseq_to_osmfish", B, osm), ("layers_osmfish_to_baristaseq", osm, B)):
+        _, _, out[name] = carried(ref, query, "layer")
+        log(f"crosstech_transfer {name}: ARI {out[name]['ari']}")
+    rows = []
+    for seed in range(a.seeds):
+        o = osm.copy()
+        o.obs["section"] = "osmFISH"
+        tl.nnmf(o, a.k if a.quick else 8, random_state=seed, **({"max_iter": a.max_iter} if a.quick else {}))
+        tl.cluster_domains(o, o.obs["layer"].nunique(), key="nnmf", key_added="d")
+        _, pred, res = carried(o, B, "d")
+        own = pd.crosstab(o.obs["layer"].astype(str).to_numpy(), o.obs["d"].astype(str).to_numpy())
+        there = pd.crosstab(B.obs["layer"].astype(str).to_numpy(), pred.to_numpy())
+        same = {L: bool(own.loc[L].idxmax() == there.loc[L].idxmax()) for L in there.index if L in own.index}
+        rows.append({"seed": seed, "ari_osmfish_domains": round(clustering_scores(
+            o.obs["layer"].astype(str).to_numpy(), o.obs["d"].astype(str).to_numpy())["ari"], 4),
+            "ari_baristaseq_transferred": res["ari"], "same_top_domain": same})
+        log(f"crosstech_transfer seed {seed}: {rows[-1]}")
+    out["osmfish_domains_to_baristaseq"] = rows
+    return out
+
+
 def imputed_in(res, query, hidden, original, panel) -> dict:
     """Per-gene Pearson r of the imputation of ``hidden`` genes in section ``query`` against its
     true counts (``original``; log1p normalised over the genes it kept, ``panel``)."""
@@ -634,7 +681,8 @@ def dlpfc_k_fixed(a, log) -> dict:
 
 
 PARTS = {"heldout": heldout, "panel": panel_sim, "panel_loss": panel_loss, "panel_ceiling": panel_ceiling,
-         "panel_transfer": panel_transfer, "k_domains": k_domains, "crosstech": crosstech, "dlpfc_k": dlpfc_k,
+         "panel_transfer": panel_transfer, "k_domains": k_domains, "crosstech": crosstech,
+         "crosstech_transfer": crosstech_transfer, "dlpfc_k": dlpfc_k,
          "dlpfc_k_fixed": dlpfc_k_fixed}
 
 
