@@ -150,6 +150,9 @@ def test_transfer_command_carries_the_osmfish_regions_to_a_small_panel(tmp_path,
     res = ad.read_h5ad(out / "result.h5ad")
     assert res.n_vars == 16 and "region_transferred" in res.obs and "region_transferred_probability" in res.obsm
     capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path / "kept"), "--keep-depth"]) == 0
+    assert json.loads((tmp_path / "kept" / "summary.json").read_text())["depth_kept"] is None
+    capsys.readouterr()
     # bad input: one line, exit 2, nothing written
     for bad, message in ((["--labels-key", "layer"], "no obs['layer']"),
                          (["--query", str(left)], "are the same file")):

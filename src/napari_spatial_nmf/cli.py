@@ -416,6 +416,7 @@ def _transfer(args) -> int:
     _, summary = pipeline.run_transfer(reference, query, args.labels_key, args.out, genes=args.genes,
                                        section_key=args.section_key, spatial_key=args.spatial_key,
                                        neighbours=tuple(args.neighbours), smooth=args.smooth,
+                                       match_depth=not args.keep_depth,
                                        random_state=args.random_state, overwrite=args.overwrite,
                                        protect=_inputs_of(args), progress=_progress(args))
     _print_summary(summary)
@@ -599,6 +600,9 @@ def parser() -> argparse.ArgumentParser:
                          "54; none: each cell by itself)")
     tr.add_argument("--smooth", type=int, default=18,
                     help="nearest query cells over which the label probabilities are averaged (default 18; 1: none)")
+    tr.add_argument("--keep-depth", action="store_true",
+                    help="do not thin the reference's counts to the query's depth first (by default, with counts on "
+                         "both sides, each shared gene is thinned where the query's mean count is lower)")
     return ap
 
 
