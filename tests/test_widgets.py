@@ -504,6 +504,11 @@ def test_label_transfer_dock_carries_layers_and_domains(make_napari_viewer, qtbo
     w.labels.value = "region"
     assert w.section_key.value is None and "region" in w.section_key.choices  # offered, never guessed from labels
     X_before = panel.X.copy()
+    n_layers = len(viewer.layers)
+    w.run()
+    w.runner.cancel()  # stops at its next stage: nothing is added
+    _wait(qtbot, w.runner)
+    assert len(viewer.layers) == n_layers and w.result is None and "Cancelled" in w.runner.status.text()
     w.run()
     _wait(qtbot, w.runner)
     out = viewer.layers["right half, 16 genes: region from left half"]
