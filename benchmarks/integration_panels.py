@@ -603,12 +603,12 @@ def crosstech_transfer(a, log) -> dict:
         pred = tl.transfer_labels(ref, q, key, key_added="t", **opts).astype(str)
         lay = q.obs["layer"].astype(str)
         where = pd.crosstab(lay.to_numpy(), pred.to_numpy(), normalize="index").round(3)
-        return q, pred, {"ari": round(clustering_scores(lay.to_numpy(), pred.to_numpy())["ari"], 4),
+        return pred, {"ari": round(clustering_scores(lay.to_numpy(), pred.to_numpy())["ari"], 4),
                          "mean_confidence": round(q.uns["t"]["mean_confidence"], 3), "where": where.T.to_dict()}
 
     out = {"shared_genes": sorted(set(B.var_names) & set(osm.var_names))}
     for name, ref, query in (("layers_baristaseq_to_osmfish", B, osm), ("layers_osmfish_to_baristaseq", osm, B)):
-        _, _, out[name] = carried(ref, query, "layer")
+        _, out[name] = carried(ref, query, "layer")
         log(f"crosstech_transfer {name}: ARI {out[name]['ari']}")
     rows = []
     for seed in range(a.seeds):
@@ -616,7 +616,7 @@ def crosstech_transfer(a, log) -> dict:
         o.obs["section"] = "osmFISH"
         tl.nnmf(o, a.k if a.quick else 8, random_state=seed, **({"max_iter": a.max_iter} if a.quick else {}))
         tl.cluster_domains(o, o.obs["layer"].nunique(), key="nnmf", key_added="d")
-        _, pred, res = carried(o, B, "d")
+        pred, res = carried(o, B, "d")
         own = pd.crosstab(o.obs["layer"].astype(str).to_numpy(), o.obs["d"].astype(str).to_numpy())
         there = pd.crosstab(B.obs["layer"].astype(str).to_numpy(), pred.to_numpy())
         same = {L: bool(own.loc[L].idxmax() == there.loc[L].idxmax()) for L in there.index if L in own.index}

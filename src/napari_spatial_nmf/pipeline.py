@@ -381,10 +381,8 @@ def transfer_colors(reference: ad.AnnData, labels_key: str, query: ad.AnnData, k
     cats = categories(reference.obs[labels_key])
     own = categories(query.obs[labels_key]) if labels_key in query.obs else []
     extra = [c for c in own if c not in cats]
-    colors = pl.category_colors(cats, reference, labels_key) if len(cats) + len(extra) <= 10 or \
-        f"{labels_key}_colors" in reference.uns else pl.category_colors(cats + extra)
-    if palette and all(c in palette for c in cats):
-        colors = {c: str(palette[c]) for c in cats}
+    colors = ({c: str(palette[c]) for c in cats} if palette and all(c in palette for c in cats)
+              else pl.category_colors(cats, reference, labels_key))
     spare = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors]
     spare = [c for c in spare if c not in set(colors.values())] or spare
     colors.update({c: spare[i % len(spare)] for i, c in enumerate(c for c in extra if c not in colors)})

@@ -33,19 +33,20 @@ def points_layer_choices(viewer) -> list[tuple[str, object]]:
             if isinstance(lyr, Points) and "adata" in lyr.metadata and RESULT_ID not in lyr.metadata]
 
 
+def few_valued_columns(obs: pd.DataFrame, kinds: str, max_values: int) -> list[str]:
+    """Obs columns of categories (or of the dtype ``kinds``, e.g. ``"OUb"`` for text and
+    booleans) holding 2 to ``max_values`` distinct values: labels or sections, not ids.
+    """
+    return [str(c) for c in obs.columns
+            if (isinstance(obs[c].dtype, pd.CategoricalDtype) or obs[c].dtype.kind in kinds)
+            and 2 <= obs[c].nunique(dropna=True) <= max_values]
+
+
 def slice_key_choices(obs: pd.DataFrame) -> list[str]:
     """Obs columns that can label slices / sections: categorical (or text / small integers)
     with 2 to :data:`MAX_SLICES` values, each value shared by many cells (not an id).
     """
-    out = []
-    for c in obs.columns:
-        col = obs[c]
-        if not (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype.kind in "OUbi"):
-            continue
-        n = col.nunique(dropna=True)
-        if 2 <= n <= min(MAX_SLICES, max(2, len(col) // 10)):
-            out.append(c)
-    return out
+    return few_valued_columns(obs, "OUbi", min(MAX_SLICES, max(2, len(obs) // 10)))
 
 
 class NNMFWidget(Dock):

@@ -18,6 +18,7 @@ from ._base import Dock, Legend
 from ._runner import JobRunner
 from .color_by import cell_layer_choices
 from .integration import WARN_STYLE
+from .nnmf import few_valued_columns, slice_key_choices
 
 if TYPE_CHECKING:
     import napari
@@ -32,14 +33,7 @@ def label_column_choices(obs: pd.DataFrame) -> list[str]:
     """Obs columns that can be carried: categories or text with 2 to :data:`MAX_LABELS`
     values, fewer values than cells (not an id); domain columns of our results first.
     """
-    out = []
-    for c in obs.columns:
-        col = obs[c]
-        if not (isinstance(col.dtype, pd.CategoricalDtype) or col.dtype.kind in "OUb"):
-            continue
-        n = col.nunique(dropna=True)
-        if 2 <= n <= min(MAX_LABELS, len(col) - 1):
-            out.append(str(c))
+    out = few_valued_columns(obs, "OUb", min(MAX_LABELS, len(obs) - 1))
     return sorted(out, key=lambda c: not c.endswith("_domain"))
 
 
@@ -99,8 +93,6 @@ class LabelTransferWidget(Dock):
 
     def _section_choices(self, _w=None) -> list[str]:
         """Section columns of either layer (categories shared by many cells, as the NNMF dock's slice key)."""
-        from .nnmf import slice_key_choices
-
         layers = [getattr(self, n).value for n in ("reference", "query") if hasattr(self, n)]
         keys = [k for lyr in layers if lyr is not None for k in slice_key_choices(lyr.metadata["adata"].obs)]
         return list(dict.fromkeys(keys))
